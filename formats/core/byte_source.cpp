@@ -1,0 +1,132 @@
+#include "formats/core/byte_source.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "formats/core/checked.h"
+#include "formats/core/errors.h"
+
+namespace nemofs {
+
+FileSource::FileSource(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) throw IoError(errno, path + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) {
+    int e = errno;
+    ::close(fd_);
+    throw IoError(e, path + ": cannot stat: " + std::strerror(e));
+  }
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+    ::close(fd_);
+    throw IoError(EINVAL, path + ": not a regular file");
+  }
+  size_ = static_cast<uint64_t>(st.st_size);
+}
+
+FileSource::~FileSource() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+size_t FileSource::read_at(uint64_t off, void* buf, size_t len) const {
+  if (off >= size_) return 0;
+  len = static_cast<size_t>(std::min<uint64_t>(len, size_ - off));
+  size_t done = 0;
+  auto* p = static_cast<char*>(buf);
+  while (done < len) {
+    ssize_t n = ::pread(fd_, p + done, len - done, static_cast<off_t>(off + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(errno, path_ + ": read failed: " + std::strerror(errno));
+    }
+    if (n == 0) throw IoError(EIO, path_ + ": file shrank while mounted (read past its end)");
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+std::optional<FileRange> FileSource::file_range(uint64_t off, uint64_t len) const {
+  if (len == 0 || off > size_ || len > size_ - off) return std::nullopt;
+  return FileRange{fd_, off};
+}
+
+SubSource::SubSource(SourcePtr parent, uint64_t offset, uint64_t length, std::string what)
+    : parent_(std::move(parent)), offset_(offset), length_(length), what_(std::move(what)) {
+  auto end = try_add(offset, length);
+  if (!end || *end > parent_->size())
+    throw FormatError("bytes", offset,
+                      "range of " + std::to_string(length) + " bytes runs past the end of " + parent_->describe() +
+                          " (" + std::to_string(parent_->size()) + " bytes)");
+}
+
+size_t SubSource::read_at(uint64_t off, void* buf, size_t len) const {
+  if (off >= length_) return 0;
+  len = static_cast<size_t>(std::min<uint64_t>(len, length_ - off));
+  return parent_->read_at(offset_ + off, buf, len);
+}
+
+std::optional<FileRange> SubSource::file_range(uint64_t off, uint64_t len) const {
+  if (len == 0 || off > length_ || len > length_ - off) return std::nullopt;
+  return parent_->file_range(offset_ + off, len);
+}
+
+std::string SubSource::describe() const {
+  if (!what_.empty()) return what_;
+  return parent_->describe() + "[" + std::to_string(offset_) + "+" + std::to_string(length_) + "]";
+}
+
+size_t MemorySource::read_at(uint64_t off, void* buf, size_t len) const {
+  if (off >= bytes_.size()) return 0;
+  len = static_cast<size_t>(std::min<uint64_t>(len, bytes_.size() - off));
+  std::memcpy(buf, bytes_.data() + off, len);
+  return len;
+}
+
+ConcatSource::ConcatSource(std::vector<SourcePtr> parts) : parts_(std::move(parts)) {
+  for (auto& p : parts_) {
+    starts_.push_back(total_);
+    total_ = checked_add(total_, p->size(), "bytes", std::nullopt, "concatenated size");
+  }
+}
+
+size_t ConcatSource::read_at(uint64_t off, void* buf, size_t len) const {
+  if (off >= total_) return 0;
+  len = static_cast<size_t>(std::min<uint64_t>(len, total_ - off));
+  auto it = std::upper_bound(starts_.begin(), starts_.end(), off);
+  size_t i = static_cast<size_t>(it - starts_.begin()) - 1;
+  size_t done = 0;
+  auto* p = static_cast<char*>(buf);
+  while (done < len && i < parts_.size()) {
+    uint64_t local = off + done - starts_[i];
+    size_t want = static_cast<size_t>(std::min<uint64_t>(len - done, parts_[i]->size() - local));
+    if (want > 0) done += parts_[i]->read_at(local, p + done, want);
+    ++i;
+  }
+  return done;
+}
+
+std::optional<FileRange> ConcatSource::file_range(uint64_t off, uint64_t len) const {
+  if (len == 0 || off >= total_) return std::nullopt;
+  auto it = std::upper_bound(starts_.begin(), starts_.end(), off);
+  size_t i = static_cast<size_t>(it - starts_.begin()) - 1;
+  uint64_t local = off - starts_[i];
+  if (len > parts_[i]->size() - local) return std::nullopt;
+  return parts_[i]->file_range(local, len);
+}
+
+std::string read_exact(const ByteSource& src, uint64_t off, size_t len, const char* format) {
+  std::string out(len, '\0');
+  size_t got = len ? src.read_at(off, out.data(), len) : 0;
+  if (got != len)
+    throw FormatError(format, off,
+                      "truncated: wanted " + std::to_string(len) + " bytes, the source ends after " +
+                          std::to_string(got));
+  return out;
+}
+
+}  // namespace nemofs

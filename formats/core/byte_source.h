@@ -1,0 +1,125 @@
+// ByteSource: the one pread-shaped interface every parser reads through.
+//
+// A checkpoint is a tree of nodes whose contents are byte sources. Containers compose by views:
+// a tar member is a SubSource of the archive, a storage inside a torch zip inside that member is a
+// SubSource of the member, and so on. Because views compose, `file_range()` can tell the FUSE edge
+// (and the .nemo commit) which range of which real file a span maps to, so bytes are spliced or
+// copy_file_range'd by the kernel instead of copied through user space.
+//
+// Sources are immutable and thread-safe: read_at may be called concurrently (pread semantics).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace nemofs {
+
+// A span of a real, open file descriptor (owned by the source; valid while the source lives).
+struct FileRange {
+  int fd;
+  uint64_t offset;
+};
+
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  virtual uint64_t size() const = 0;
+  // Copies min(len, size() - off) bytes at `off` into `buf` and returns that count (0 at or past
+  // the end). Throws IoError when the operating system fails or the underlying file shrank.
+  virtual size_t read_at(uint64_t off, void* buf, size_t len) const = 0;
+  // When [off, off + len) is one contiguous span of a real file, where it lies. len must be > 0
+  // and the span inside size(); otherwise nullopt.
+  virtual std::optional<FileRange> file_range(uint64_t off, uint64_t len) const {
+    (void)off;
+    (void)len;
+    return std::nullopt;
+  }
+  // Short description for error messages (a path, "member x of y", ...).
+  virtual std::string describe() const { return "<bytes>"; }
+};
+
+using SourcePtr = std::shared_ptr<const ByteSource>;
+
+// A real file opened read-only. Its size is taken at open time; reads past a shrunk file are
+// IoErrors, never silent zeros.
+class FileSource final : public ByteSource {
+ public:
+  explicit FileSource(const std::string& path);  // throws IoError
+  ~FileSource() override;
+  FileSource(const FileSource&) = delete;
+  FileSource& operator=(const FileSource&) = delete;
+
+  uint64_t size() const override { return size_; }
+  size_t read_at(uint64_t off, void* buf, size_t len) const override;
+  std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
+  std::string describe() const override { return path_; }
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  uint64_t size_ = 0;
+};
+
+// [offset, offset + length) of a parent source. Construction checks the range lies inside.
+class SubSource final : public ByteSource {
+ public:
+  SubSource(SourcePtr parent, uint64_t offset, uint64_t length, std::string what = {});
+  uint64_t size() const override { return length_; }
+  size_t read_at(uint64_t off, void* buf, size_t len) const override;
+  std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
+  std::string describe() const override;
+  const SourcePtr& parent() const { return parent_; }
+  uint64_t offset() const { return offset_; }
+
+ private:
+  SourcePtr parent_;
+  uint64_t offset_;
+  uint64_t length_;
+  std::string what_;
+};
+
+// Bytes held in memory (JSON sidecars, unit tests, small decoded records).
+class MemorySource final : public ByteSource {
+ public:
+  explicit MemorySource(std::string bytes, std::string what = "<memory>")
+      : bytes_(std::move(bytes)), what_(std::move(what)) {}
+  uint64_t size() const override { return bytes_.size(); }
+  size_t read_at(uint64_t off, void* buf, size_t len) const override;
+  std::string describe() const override { return what_; }
+  const std::string& bytes() const { return bytes_; }
+
+ private:
+  std::string bytes_;
+  std::string what_;
+};
+
+// The concatenation of several sources (used where one logical file spans pieces).
+class ConcatSource final : public ByteSource {
+ public:
+  explicit ConcatSource(std::vector<SourcePtr> parts);
+  uint64_t size() const override { return total_; }
+  size_t read_at(uint64_t off, void* buf, size_t len) const override;
+  std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
+
+ private:
+  std::vector<SourcePtr> parts_;
+  std::vector<uint64_t> starts_;
+  uint64_t total_ = 0;
+};
+
+// Reads exactly len bytes at off or throws FormatError(format, off, "truncated: ...").
+std::string read_exact(const ByteSource& src, uint64_t off, size_t len, const char* format);
+
+inline SourcePtr make_sub(SourcePtr parent, uint64_t offset, uint64_t length, std::string what = {}) {
+  return std::make_shared<SubSource>(std::move(parent), offset, length, std::move(what));
+}
+
+}  // namespace nemofs

@@ -1,0 +1,159 @@
+#include "formats/detect/checkpoint.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+#include "formats/core/checked.h"
+#include "formats/core/errors.h"
+#include "formats/nemo/nemo.h"
+
+namespace nemofs {
+
+const char* format_name(Format f) {
+  switch (f) {
+    case Format::Safetensors: return "safetensors";
+    case Format::Tar: return "nemo";
+    case Format::GzipTar: return "nemo-gzip";
+    case Format::TorchZip: return "torch-zip";
+    case Format::TorchLegacy: return "torch-legacy";
+    case Format::Dcp: return "dcp";
+    case Format::HfDir: return "hf-safetensors-dir";
+    case Format::Unknown: break;
+  }
+  return "unknown";
+}
+
+DirFileSet::DirFileSet(std::string root) : root_(std::move(root)) {}
+
+std::vector<std::string> DirFileSet::list() const {
+  std::vector<std::string> out;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(root_, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (it->is_regular_file(ec)) out.push_back(fs::relative(it->path(), root_, ec).generic_string());
+  }
+  if (ec) throw IoError(ec.value(), root_ + ": cannot list: " + ec.message());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+SourcePtr DirFileSet::open(const std::string& rel) const {
+  std::string p = root_ + "/" + rel;
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
+  return std::make_shared<FileSource>(p);
+}
+
+namespace {
+const unsigned char kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
+}
+
+Format sniff(const ByteSource& src) {
+  unsigned char head[512] = {};
+  size_t n = src.read_at(0, head, sizeof head);
+  if (n >= 2 && head[0] == 0x1f && head[1] == 0x8b) return Format::GzipTar;
+  if (n >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return Format::TorchZip;
+  if (n >= sizeof kLegacyMagic && std::memcmp(head, kLegacyMagic, sizeof kLegacyMagic) == 0) return Format::TorchLegacy;
+  if (n >= 8) {
+    uint64_t len = load_le<uint64_t>(head);
+    if (len >= 2 && len <= 100'000'000 && try_add(len, 8).value_or(UINT64_MAX) <= src.size()) {
+      for (size_t i = 8; i < n; ++i) {
+        unsigned char c = head[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
+        if (c == '{') return Format::Safetensors;
+        break;
+      }
+    }
+  }
+  if (n >= 263 && std::memcmp(head + 257, "ustar", 5) == 0) return Format::Tar;
+  return Format::Unknown;
+}
+
+Format sniff_dir(const FileSet& dir) {
+  auto files = dir.list();
+  bool metadata = false, index = false, st = false;
+  for (const auto& f : files) {
+    if (f == ".metadata") metadata = true;
+    if (f == "model.safetensors.index.json") index = true;
+    if (f.find('/') == std::string::npos && f.size() > 12 && f.compare(f.size() - 12, 12, ".safetensors") == 0) st = true;
+  }
+  if (metadata) return Format::Dcp;
+  if (index || st) return Format::HfDir;
+  return Format::Unknown;
+}
+
+namespace {
+
+[[noreturn]] void not_yet(Format f, const std::string& what) {
+  if (f == Format::GzipTar)
+    throw FormatError("nemo", std::nullopt, what + ": gzip-compressed .nemo is not supported yet");
+  throw FormatError(format_name(f), std::nullopt, what + ": this checkpoint format is not supported yet");
+}
+
+void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nested,
+                std::vector<std::string>* warnings = nullptr, std::shared_ptr<void>* keep = nullptr) {
+  switch (f) {
+    case Format::Tar:
+      if (nested) throw FormatError("nemo", "a tar archive inside a checkpoint is not shown as tensors");
+      {
+        auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, src));
+        if (warnings) *warnings = nemo->warnings;
+        if (keep) *keep = nemo;
+      }
+      return;
+    default:
+      not_yet(f, src->describe());
+  }
+}
+
+void build_dir(Format f, Tree& tree, NodeId dir, const FileSet& files) {
+  (void)tree;
+  (void)dir;
+  not_yet(f, files.describe());
+}
+
+}  // namespace
+
+Checkpoint open_checkpoint(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw IoError(errno, path + ": " + std::strerror(errno));
+  Checkpoint cp;
+  if (S_ISDIR(st.st_mode)) {
+    DirFileSet dir(path);
+    cp.format = sniff_dir(dir);
+    if (cp.format == Format::Unknown)
+      throw FormatError("detect", path + ": not a checkpoint folder (no .metadata, model.safetensors.index.json or *.safetensors)");
+    build_dir(cp.format, cp.tree, Tree::kRoot, dir);
+    return cp;
+  }
+  auto src = std::make_shared<FileSource>(path);
+  cp.format = sniff(*src);
+  if (cp.format == Format::Unknown)
+    throw FormatError("detect", path + ": not a checkpoint nemofs knows (not a tar/.nemo, safetensors, torch zip, legacy torch file or gzip .nemo)");
+  cp.keepalive = src;
+  build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive);
+  cp.writable_candidate = cp.format == Format::Tar;
+  return cp;
+}
+
+std::optional<Tree> nested_file_view(const SourcePtr& src) {
+  Format f = sniff(*src);
+  if (f != Format::Safetensors && f != Format::TorchZip && f != Format::TorchLegacy) return std::nullopt;
+  Tree t;
+  build_file(f, t, Tree::kRoot, src, true);
+  return t;
+}
+
+std::optional<Tree> nested_dir_view(const FileSet& dir) {
+  Format f = sniff_dir(dir);
+  if (f != Format::Dcp && f != Format::HfDir) return std::nullopt;
+  Tree t;
+  build_dir(f, t, Tree::kRoot, dir);
+  return t;
+}
+
+}  // namespace nemofs

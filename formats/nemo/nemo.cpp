@@ -1,0 +1,135 @@
+#include "formats/nemo/nemo.h"
+
+#include "formats/core/errors.h"
+#include "formats/detect/checkpoint.h"
+
+namespace nemofs {
+
+std::string normalize_member_name(const std::string& raw, uint64_t at) {
+  if (!raw.empty() && raw[0] == '/') throw FormatError("nemo", at, "absolute member name '" + raw + "' refused");
+  std::string out;
+  size_t i = 0;
+  while (i <= raw.size()) {
+    size_t j = raw.find('/', i);
+    if (j == std::string::npos) j = raw.size();
+    std::string comp = raw.substr(i, j - i);
+    if (comp == "..") throw FormatError("nemo", at, "member name '" + raw + "' climbs out of the archive ('..')");
+    if (!comp.empty() && comp != ".") out = out.empty() ? comp : out + "/" + comp;
+    i = j + 1;
+  }
+  return out;
+}
+
+namespace {
+
+// The files of one folder of the tree, for nested_dir_view (e.g. model_weights/ in a .nemo).
+class TreeFileSet final : public FileSet {
+ public:
+  TreeFileSet(const Tree& tree, NodeId dir) : tree_(tree), dir_(dir) {}
+  std::vector<std::string> list() const override {
+    std::vector<std::string> out;
+    std::string base = tree_.path_of(dir_);
+    tree_.walk(
+        [&](NodeId id, const Node& n) {
+          if (n.type == NodeType::File) {
+            std::string p = tree_.path_of(id);
+            out.push_back(base.empty() ? p : p.substr(base.size() + 1));
+          }
+        },
+        dir_);
+    return out;
+  }
+  SourcePtr open(const std::string& rel) const override {
+    std::string base = tree_.path_of(dir_);
+    auto id = tree_.resolve(base.empty() ? rel : base + "/" + rel);
+    if (!id || tree_.node(*id).type != NodeType::File) return nullptr;
+    return tree_.node(*id).data;
+  }
+  std::string describe() const override { return tree_.path_of(dir_) + "/"; }
+
+ private:
+  const Tree& tree_;
+  NodeId dir_;
+};
+
+}  // namespace
+
+void add_checkpoint_views(Tree& tree, std::vector<std::string>& warnings) {
+  // Collect first: grafting adds nodes while we iterate.
+  std::vector<NodeId> candidates;
+  tree.walk([&](NodeId id, const Node&) {
+    if (id != Tree::kRoot) candidates.push_back(id);
+  });
+  for (NodeId id : candidates) {
+    const Node& n = tree.node(id);
+    std::string path = tree.path_of(id);
+    NodeId parent = n.parent;
+    std::string view_name = n.name + ".tensors";
+    std::optional<Tree> view;
+    try {
+      if (n.type == NodeType::File) {
+        if (n.data->size() == 0) continue;
+        view = nested_file_view(n.data);
+      } else {
+        TreeFileSet files(tree, id);
+        view = nested_dir_view(files);
+      }
+    } catch (const std::exception& e) {
+      warnings.push_back(path + ": no .tensors view: " + e.what());
+      continue;
+    }
+    if (!view) continue;
+    if (tree.lookup(parent, view_name)) {
+      warnings.push_back(path + ": no .tensors view: a member named '" + view_name + "' already exists");
+      continue;
+    }
+    tree.graft(parent, view_name, *view);
+  }
+}
+
+NemoArchive build_nemo(Tree& tree, const SourcePtr& archive) {
+  NemoArchive nemo;
+  nemo.archive = archive;
+  nemo.index = index_tar(*archive);
+  const auto& entries = nemo.index.entries;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const TarEntry& e = entries[i];
+    std::string path = normalize_member_name(e.name, e.header_offset);
+    if (e.type == TarType::Symlink || e.type == TarType::Hardlink) {
+      nemo.warnings.push_back(e.name + ": link member not shown");
+      continue;
+    }
+    if (e.type == TarType::Other) {
+      nemo.warnings.push_back(e.name + ": special member (type '" + std::string(1, e.typeflag) + "') not shown");
+      continue;
+    }
+    if (path.empty()) {
+      if (e.type != TarType::Dir) throw FormatError("nemo", e.header_offset, "a non-directory member named '" + e.name + "'");
+      tree.mutable_node(Tree::kRoot).mode = e.mode;
+      tree.mutable_node(Tree::kRoot).mtime = e.mtime;
+      continue;
+    }
+    size_t slash = path.rfind('/');
+    NodeId parent = slash == std::string::npos ? Tree::kRoot : tree.mkdirs(path.substr(0, slash));
+    std::string leaf = slash == std::string::npos ? path : path.substr(slash + 1);
+    NodeId id;
+    if (e.type == TarType::Dir) {
+      auto existing = tree.lookup(parent, leaf);
+      if (existing && tree.node(*existing).type == NodeType::File)
+        throw FormatError("nemo", e.header_offset, "'" + path + "' is both a file and a folder in the archive");
+      id = tree.add_dir(parent, leaf);
+    } else {
+      auto existing = tree.lookup(parent, leaf);
+      if (existing && tree.node(*existing).type == NodeType::Dir)
+        throw FormatError("nemo", e.header_offset, "'" + path + "' is both a folder and a file in the archive");
+      id = tree.add_file(parent, leaf, make_sub(archive, e.data_offset, e.size, path), /*replace=*/true);
+    }
+    tree.mutable_node(id).mode = e.mode;
+    tree.mutable_node(id).mtime = e.mtime;
+    nemo.member_of_path[path] = i;
+  }
+  add_checkpoint_views(tree, nemo.warnings);
+  return nemo;
+}
+
+}  // namespace nemofs
