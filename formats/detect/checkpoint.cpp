@@ -89,9 +89,9 @@ Format sniff_dir(const FileSet& dir) {
 namespace {
 
 [[noreturn]] void not_yet(Format f, const std::string& what) {
-  if (f == Format::GzipTar)
-    throw FormatError("nemo", std::nullopt, what + ": gzip-compressed .nemo is not supported yet");
-  throw FormatError(format_name(f), std::nullopt, what + ": this checkpoint format is not supported yet");
+  (void)what;
+  if (f == Format::GzipTar) throw FormatError("nemo", "gzip-compressed .nemo is not supported yet");
+  throw FormatError(format_name(f), "this checkpoint format is not supported yet");
 }
 
 void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nested,
@@ -126,14 +126,14 @@ Checkpoint open_checkpoint(const std::string& path) {
     DirFileSet dir(path);
     cp.format = sniff_dir(dir);
     if (cp.format == Format::Unknown)
-      throw FormatError("detect", path + ": not a checkpoint folder (no .metadata, model.safetensors.index.json or *.safetensors)");
+      throw FormatError("detect", "not a checkpoint folder (no .metadata, model.safetensors.index.json or *.safetensors)");
     build_dir(cp.format, cp.tree, Tree::kRoot, dir);
     return cp;
   }
   auto src = std::make_shared<FileSource>(path);
   cp.format = sniff(*src);
   if (cp.format == Format::Unknown)
-    throw FormatError("detect", path + ": not a checkpoint nemofs knows (not a tar/.nemo, safetensors, torch zip, legacy torch file or gzip .nemo)");
+    throw FormatError("detect", std::optional<uint64_t>(0), "not a checkpoint nemofs knows (not a tar/.nemo, safetensors, torch zip, legacy torch file or gzip .nemo)");
   cp.keepalive = src;
   build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive);
   cp.writable_candidate = cp.format == Format::Tar;

@@ -1,0 +1,206 @@
+// `nemofs mount` and `nemofs inspect`: validate and index SOURCE before anything is mounted.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+
+#include "formats/core/errors.h"
+#include "formats/detect/checkpoint.h"
+#include "fs/backend_factory.h"
+#include "fs/cli.h"
+#include "fs/fuse_server.h"
+#include "fs/inspect.h"
+#include "fs/state.h"
+
+namespace nemofs {
+
+std::vector<std::string> split_options(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size()) {
+      cur += s[++i];
+    } else if (s[i] == ',') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += s[i];
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+namespace {
+
+std::string real_path(const std::string& p) {
+  char buf[PATH_MAX];
+  if (!::realpath(p.c_str(), buf)) return {};
+  return buf;
+}
+
+// Opens the checkpoint, printing the one-line error and returning the exit code on failure.
+int open_or_report(const std::string& source, Checkpoint& cp) {
+  try {
+    cp = open_checkpoint(source);
+    return kExitOk;
+  } catch (const FormatError& e) {
+    std::fprintf(stderr, "nemofs: %s: %s\n", source.c_str(), e.what());
+    return kExitSourceInvalid;
+  } catch (const IoError& e) {
+    std::fprintf(stderr, "nemofs: %s\n", e.what());
+    return kExitSourceUnreadable;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "nemofs: %s: out of memory while indexing\n", source.c_str());
+    return kExitSourceInvalid;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nemofs: %s: %s\n", source.c_str(), e.what());
+    return kExitSourceInvalid;
+  }
+}
+
+}  // namespace
+
+int cmd_inspect(const std::vector<std::string>& args) {
+  bool json = false;
+  std::string source;
+  for (const auto& a : args) {
+    if (a == "--json") json = true;
+    else if (!a.empty() && a[0] == '-') {
+      std::fprintf(stderr, "nemofs inspect: unknown option '%s'\n", a.c_str());
+      return kExitUsage;
+    } else if (source.empty()) source = a;
+    else {
+      std::fprintf(stderr, "nemofs inspect: one SOURCE only\n");
+      return kExitUsage;
+    }
+  }
+  if (source.empty()) {
+    std::fprintf(stderr, "usage: nemofs inspect SOURCE [--json]\n");
+    return kExitUsage;
+  }
+  Checkpoint cp;
+  if (int rc = open_or_report(source, cp)) return rc;
+  if (json) std::cout << inspect_json(cp, source).dump(2) << "\n";
+  else inspect_text(cp, std::cout);
+  return std::cout.good() ? kExitOk : kExitSourceUnreadable;
+}
+
+int cmd_mount(const std::vector<std::string>& args) {
+  std::vector<std::string> positional, fuse_opts;
+  MountRequest req;
+  bool foreground = false, debug = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-f") foreground = true;
+    else if (a == "-d") debug = foreground = true;
+    else if (a == "-o" || (a.size() > 2 && a.rfind("-o", 0) == 0)) {
+      std::string opts;
+      if (a == "-o") {
+        if (i + 1 >= args.size()) {
+          std::fprintf(stderr, "nemofs mount: -o needs OPTIONS\n");
+          return kExitUsage;
+        }
+        opts = args[++i];
+      } else {
+        opts = a.substr(2);
+      }
+      for (const auto& o : split_options(opts)) {
+        auto eq = o.find('=');
+        std::string key = o.substr(0, eq);
+        if (key == "ro") req.read_only = true;
+        else if (key == "rw") req.read_only = false;
+        else if (key == "debug") debug = foreground = true;
+        else if (key == "output" || key == "commit") {
+          if (eq == std::string::npos) {
+            std::fprintf(stderr, "nemofs mount: option %s needs a value\n", key.c_str());
+            return kExitUsage;
+          }
+          req.nemofs_options[key] = o.substr(eq + 1);
+        } else if (key == "fsname" || key == "subtype") {
+          // nemofs sets these itself (mount(8) and `nemofs status` rely on them).
+        } else {
+          fuse_opts.push_back(o);
+        }
+      }
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: nemofs mount [-o OPTIONS] [-f] [-d] SOURCE MOUNTPOINT\n");
+      return kExitOk;
+    } else if (!a.empty() && a[0] == '-') {
+      std::fprintf(stderr, "nemofs mount: unknown option '%s'\n", a.c_str());
+      return kExitUsage;
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.size() != 2) {
+    std::fprintf(stderr, "usage: nemofs mount [-o OPTIONS] [-f] [-d] SOURCE MOUNTPOINT\n");
+    return kExitUsage;
+  }
+  const std::string& source_arg = positional[0];
+  const std::string& mp_arg = positional[1];
+  req.source = real_path(source_arg);
+  if (req.source.empty()) {
+    std::fprintf(stderr, "nemofs: %s: %s\n", source_arg.c_str(), std::strerror(errno));
+    return kExitSourceUnreadable;
+  }
+  req.mountpoint = real_path(mp_arg);
+  struct stat st {};
+  if (req.mountpoint.empty() || ::stat(req.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    std::fprintf(stderr, "nemofs: %s: mountpoint is not an existing folder (create it with mkdir)\n", mp_arg.c_str());
+    return kExitMountFailed;
+  }
+  if (is_nemofs_mount(req.mountpoint)) {
+    std::fprintf(stderr, "nemofs: %s: already a nemofs mount (nemofs umount it first)\n", mp_arg.c_str());
+    return kExitMountFailed;
+  }
+
+  Checkpoint cp;
+  if (int rc = open_or_report(req.source, cp)) return rc;
+  for (const auto& w : cp.warnings) std::fprintf(stderr, "nemofs: %s: warning: %s\n", source_arg.c_str(), w.c_str());
+
+  BackendChoice choice;
+  try {
+    choice = make_backend(cp, req);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nemofs: %s: %s\n", source_arg.c_str(), e.what());
+    return kExitMountFailed;
+  }
+  Backend& backend = *choice.backend;
+
+  ServerOptions so;
+  so.mountpoint = req.mountpoint;
+  so.fsname = req.source;
+  so.foreground = foreground;
+  so.debug = debug;
+  so.read_only = choice.read_only;
+  so.fuse_options = fuse_opts;
+  nlohmann::json state{{"source", req.source},
+                       {"mountpoint", req.mountpoint},
+                       {"format", format_name(cp.format)},
+                       {"mode", choice.mode}};
+  std::string mp = req.mountpoint;
+  so.on_ready = [&state, mp](pid_t pid) {
+    state["pid"] = pid;
+    try {
+      ::unlink(result_file_for(mp).c_str());
+      write_state(mp, state);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "nemofs: warning: %s\n", e.what());
+    }
+  };
+  so.on_finished = [&backend, mp] {
+    try {
+      write_result(mp, backend.outcome_ok(), backend.outcome_message());
+      remove_state(mp);
+    } catch (...) {
+    }
+  };
+  return serve(backend, so);
+}
+
+}  // namespace nemofs

@@ -1,0 +1,117 @@
+// `nemofs umount` and `nemofs status`.
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <thread>
+
+#include "fs/cli.h"
+#include "fs/state.h"
+
+namespace nemofs {
+namespace {
+
+std::string real_path(const std::string& p) {
+  char buf[PATH_MAX];
+  if (!::realpath(p.c_str(), buf)) return {};
+  return buf;
+}
+
+// Runs fusermount3 -u (works for root and for the user who mounted). Returns its exit status.
+int run_fusermount(const std::string& mp) {
+  pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    ::execlp("fusermount3", "fusermount3", "-u", "--", mp.c_str(), (char*)nullptr);
+    std::_Exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Waits for a (non-child) process to exit: pidfd when the kernel has it, else kill(pid, 0).
+void wait_for_exit(pid_t pid) {
+  int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pfd >= 0) {
+    pollfd p{pfd, POLLIN, 0};
+    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+    ::close(pfd);
+    return;
+  }
+  while (::kill(pid, 0) == 0 || errno == EPERM) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+
+}  // namespace
+
+int cmd_umount(const std::vector<std::string>& args) {
+  if (args.size() != 1 || args[0].empty() || args[0][0] == '-') {
+    std::fprintf(stderr, "usage: nemofs umount MOUNTPOINT\n");
+    return kExitUsage;
+  }
+  std::string mp = real_path(args[0]);
+  if (mp.empty() || !is_nemofs_mount(mp)) {
+    std::fprintf(stderr, "nemofs: %s: not a nemofs mount (see 'nemofs status')\n", args[0].c_str());
+    return kExitNotMounted;
+  }
+  auto state = read_state(mp);
+  pid_t pid = 0;
+  if (state && state->contains("pid") && (*state)["pid"].is_number_integer()) pid = (*state)["pid"].get<pid_t>();
+  int rc = run_fusermount(mp);
+  if (rc != 0) {
+    std::fprintf(stderr, "nemofs: %s: cannot unmount (busy? close files and leave the folder, then retry)\n",
+                 args[0].c_str());
+    return kExitNotMounted;
+  }
+  if (pid > 0) wait_for_exit(pid);
+  auto result = take_result(mp);
+  if (!result) {
+    std::printf("nemofs: %s: unmounted\n", args[0].c_str());
+    return kExitOk;
+  }
+  bool ok = result->value("ok", false);
+  std::string msg = result->value("message", std::string());
+  std::fprintf(ok ? stdout : stderr, "nemofs: %s: %s\n", args[0].c_str(), msg.c_str());
+  return ok ? kExitOk : kExitCommitFailed;
+}
+
+int cmd_status(const std::vector<std::string>& args) {
+  bool json = !args.empty() && args[0] == "--json";
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& m : nemofs_mounts()) {
+    nlohmann::json e{{"source", m.source}, {"mountpoint", m.mountpoint}};
+    if (auto st = read_state(m.mountpoint)) {
+      for (const char* k : {"pid", "format", "mode", "pending_edits"})
+        if (st->contains(k)) e[k] = (*st)[k];
+    }
+    list.push_back(std::move(e));
+  }
+  if (json) {
+    std::cout << list.dump(2) << "\n";
+    return 0;
+  }
+  if (list.empty()) {
+    std::cout << "no nemofs mounts\n";
+    return 0;
+  }
+  for (const auto& e : list) {
+    std::cout << e["mountpoint"].get<std::string>() << "  " << e.value("mode", std::string("?")) << "  "
+              << e.value("format", std::string("?")) << "  " << e["source"].get<std::string>();
+    if (e.contains("pending_edits")) std::cout << "  pending edits: " << e["pending_edits"].dump();
+    std::cout << "\n";
+  }
+  return 0;
+}
+
+}  // namespace nemofs

@@ -1,0 +1,518 @@
+#define FUSE_USE_VERSION 314
+#include "fs/fuse_server.h"
+
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "formats/core/errors.h"
+
+namespace nemofs {
+namespace {
+
+Backend& B(fuse_req_t req) { return *static_cast<Backend*>(fuse_req_userdata(req)); }
+
+template <typename F>
+void guarded(fuse_req_t req, F&& f) {
+  try {
+    f();
+  } catch (const FsError& e) {
+    fuse_reply_err(req, e.err());
+  } catch (const IoError& e) {
+    fuse_reply_err(req, e.error_number() ? e.error_number() : EIO);
+  } catch (const std::bad_alloc&) {
+    fuse_reply_err(req, ENOMEM);
+  } catch (...) {
+    fuse_reply_err(req, EIO);
+  }
+}
+
+fuse_entry_param to_param(const Entry& e) {
+  fuse_entry_param p{};
+  p.ino = e.attr.st_ino;
+  p.generation = 1;
+  p.attr = e.attr;
+  p.attr_timeout = e.attr_timeout;
+  p.entry_timeout = e.entry_timeout;
+  return p;
+}
+
+void apply_open(fuse_file_info* fi, const OpenResult& r) {
+  fi->fh = r.fh;
+  fi->keep_cache = r.keep_cache;
+  fi->direct_io = r.direct_io;
+}
+
+void op_init(void* userdata, fuse_conn_info* conn) {
+  auto* b = static_cast<Backend*>(userdata);
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
+  if (b->writable()) {
+    if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  }
+  // 1 MiB requests: libfuse asks the kernel for max_pages from max_write.
+  conn->max_write = 1u << 20;
+  conn->max_read = 0;
+  conn->max_readahead = 1u << 20;
+}
+
+void op_destroy(void* userdata) {
+  try {
+    static_cast<Backend*>(userdata)->destroy();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nemofs: %s\n", e.what());
+  }
+}
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  guarded(req, [&] {
+    auto p = to_param(B(req).lookup(parent, name));
+    fuse_reply_entry(req, &p);
+  });
+}
+
+void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {
+  try {
+    B(req).forget(ino, n);
+  } catch (...) {
+  }
+  fuse_reply_none(req);
+}
+
+void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; ++i) {
+    try {
+      B(req).forget(forgets[i].ino, forgets[i].nlookup);
+    } catch (...) {
+    }
+  }
+  fuse_reply_none(req);
+}
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  guarded(req, [&] {
+    Entry e = B(req).getattr(ino);
+    fuse_reply_attr(req, &e.attr, e.attr_timeout);
+  });
+}
+
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+  guarded(req, [&] {
+    SetAttrRequest r;
+    r.set_mode = to_set & FUSE_SET_ATTR_MODE;
+    r.mode = attr->st_mode;
+    r.set_size = to_set & FUSE_SET_ATTR_SIZE;
+    r.size = static_cast<uint64_t>(attr->st_size);
+    r.set_uid = to_set & FUSE_SET_ATTR_UID;
+    r.uid = attr->st_uid;
+    r.set_gid = to_set & FUSE_SET_ATTR_GID;
+    r.gid = attr->st_gid;
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+      r.set_mtime = true;
+      clock_gettime(CLOCK_REALTIME, &r.mtime);
+    } else if (to_set & FUSE_SET_ATTR_MTIME) {
+      r.set_mtime = true;
+      r.mtime = attr->st_mtim;
+    }
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+      r.set_atime = true;
+      clock_gettime(CLOCK_REALTIME, &r.atime);
+    } else if (to_set & FUSE_SET_ATTR_ATIME) {
+      r.set_atime = true;
+      r.atime = attr->st_atim;
+    }
+    uint64_t fh = fi ? fi->fh : 0;
+    Entry e = B(req).setattr(ino, r, fi ? &fh : nullptr);
+    fuse_reply_attr(req, &e.attr, e.attr_timeout);
+  });
+}
+
+void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+  guarded(req, [&] {
+    std::string t = B(req).readlink(ino);
+    fuse_reply_readlink(req, t.c_str());
+  });
+}
+
+void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  guarded(req, [&] {
+    auto p = to_param(B(req).mknod(parent, name, mode, rdev));
+    fuse_reply_entry(req, &p);
+  });
+}
+
+void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  guarded(req, [&] {
+    auto p = to_param(B(req).mkdir(parent, name, mode));
+    fuse_reply_entry(req, &p);
+  });
+}
+
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  guarded(req, [&] {
+    B(req).unlink(parent, name);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  guarded(req, [&] {
+    B(req).rmdir(parent, name);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void op_symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  guarded(req, [&] {
+    auto p = to_param(B(req).symlink(link, parent, name));
+    fuse_reply_entry(req, &p);
+  });
+}
+
+void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent, const char* newname,
+               unsigned flags) {
+  guarded(req, [&] {
+    B(req).rename(parent, name, newparent, newname, flags);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  guarded(req, [&] {
+    auto p = to_param(B(req).link(ino, newparent, newname));
+    fuse_reply_entry(req, &p);
+  });
+}
+
+void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(req, [&] {
+    OpenResult r = B(req).open(ino, fi->flags);
+    apply_open(fi, r);
+    if (fuse_reply_open(req, fi) == -ENOENT) B(req).release(ino, r.fh);  // interrupted open
+  });
+}
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  guarded(req, [&] {
+    ReadResult r;
+    B(req).read(ino, fi->fh, static_cast<uint64_t>(off), size, r);
+    if (r.segments.empty()) {
+      fuse_reply_buf(req, nullptr, 0);
+      return;
+    }
+    if (r.segments.size() == 1 && r.segments[0].fd < 0) {
+      fuse_reply_buf(req, r.memory.get() + r.segments[0].mem_off, r.segments[0].len);
+      return;
+    }
+    size_t n = r.segments.size();
+    size_t bytes = sizeof(fuse_bufvec) + (n - 1) * sizeof(fuse_buf);
+    auto* bv = static_cast<fuse_bufvec*>(std::calloc(1, bytes));
+    if (!bv) throw std::bad_alloc();
+    bv->count = n;
+    for (size_t i = 0; i < n; ++i) {
+      const ReadSegment& s = r.segments[i];
+      fuse_buf& b = bv->buf[i];
+      b.size = s.len;
+      if (s.fd >= 0) {
+        b.flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+        b.fd = s.fd;
+        b.pos = static_cast<off_t>(s.pos);
+      } else {
+        b.mem = r.memory.get() + s.mem_off;
+      }
+    }
+    int rc = fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+    std::free(bv);
+    (void)rc;
+  });
+}
+
+void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  guarded(req, [&] {
+    size_t n = B(req).write(ino, fi->fh, static_cast<uint64_t>(off), buf, size);
+    fuse_reply_write(req, n);
+  });
+}
+
+void op_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(req, [&] {
+    B(req).flush(ino, fi->fh);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(req, [&] {
+    B(req).release(ino, fi->fh);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  guarded(req, [&] {
+    B(req).fsync(ino, fi->fh, datasync != 0);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+  guarded(req, [&] {
+    std::unique_ptr<char[]> buf(new char[size]);
+    size_t used = 0;
+    Backend& b = B(req);
+    b.readdir(ino, static_cast<uint64_t>(off), [&](const DirEntryOut& e, uint64_t next) {
+      size_t need;
+      if (plus) {
+        fuse_entry_param p{};
+        bool dots = e.name == "." || e.name == "..";
+        if (!dots) {
+          p.ino = e.attr.st_ino;
+          p.generation = 1;
+          p.attr = e.attr;
+          p.attr_timeout = 86400.0;
+          p.entry_timeout = 86400.0;
+          if (b.writable()) p.attr_timeout = p.entry_timeout = 0;
+        } else {
+          p.attr = e.attr;  // ino 0 entry: the kernel does not instantiate it
+        }
+        need = fuse_add_direntry_plus(req, buf.get() + used, size - used, e.name.c_str(), &p,
+                                      static_cast<off_t>(next));
+        if (need > size - used) return false;
+        if (!dots) b.lookup_ref(e.attr.st_ino);
+      } else {
+        need = fuse_add_direntry(req, buf.get() + used, size - used, e.name.c_str(), &e.attr, static_cast<off_t>(next));
+        if (need > size - used) return false;
+      }
+      used += need;
+      return true;
+    });
+    fuse_reply_buf(req, buf.get(), used);
+  });
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  do_readdir(req, ino, size, off, false);
+}
+void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  do_readdir(req, ino, size, off, true);
+}
+
+void op_statfs(fuse_req_t req, fuse_ino_t) {
+  guarded(req, [&] {
+    struct statvfs s = B(req).statfs();
+    fuse_reply_statfs(req, &s);
+  });
+}
+
+void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size, int flags) {
+  guarded(req, [&] {
+    B(req).setxattr(ino, name, std::string_view(value, size), flags);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  guarded(req, [&] {
+    std::string v = B(req).getxattr(ino, name);
+    if (size == 0) fuse_reply_xattr(req, v.size());
+    else if (size < v.size()) fuse_reply_err(req, ERANGE);
+    else fuse_reply_buf(req, v.data(), v.size());
+  });
+}
+
+void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  guarded(req, [&] {
+    std::string all;
+    for (const auto& n : B(req).listxattr(ino)) {
+      all += n;
+      all.push_back('\0');
+    }
+    if (size == 0) fuse_reply_xattr(req, all.size());
+    else if (size < all.size()) fuse_reply_err(req, ERANGE);
+    else fuse_reply_buf(req, all.data(), all.size());
+  });
+}
+
+void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  guarded(req, [&] {
+    B(req).removexattr(ino, name);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+  guarded(req, [&] {
+    OpenResult r;
+    Entry e = B(req).create(parent, name, mode, fi->flags, r);
+    apply_open(fi, r);
+    auto p = to_param(e);
+    if (fuse_reply_create(req, &p, fi) == -ENOENT) B(req).release(p.ino, r.fh);
+  });
+}
+
+fuse_lowlevel_ops make_ops() {
+  fuse_lowlevel_ops ops{};
+  ops.init = op_init;
+  ops.destroy = op_destroy;
+  ops.lookup = op_lookup;
+  ops.forget = op_forget;
+  ops.forget_multi = op_forget_multi;
+  ops.getattr = op_getattr;
+  ops.setattr = op_setattr;
+  ops.readlink = op_readlink;
+  ops.mknod = op_mknod;
+  ops.mkdir = op_mkdir;
+  ops.unlink = op_unlink;
+  ops.rmdir = op_rmdir;
+  ops.symlink = op_symlink;
+  ops.rename = op_rename;
+  ops.link = op_link;
+  ops.open = op_open;
+  ops.read = op_read;
+  ops.write = op_write;
+  ops.flush = op_flush;
+  ops.release = op_release;
+  ops.fsync = op_fsync;
+  ops.readdir = op_readdir;
+  ops.readdirplus = op_readdirplus;
+  ops.statfs = op_statfs;
+  ops.setxattr = op_setxattr;
+  ops.getxattr = op_getxattr;
+  ops.listxattr = op_listxattr;
+  ops.removexattr = op_removexattr;
+  ops.create = op_create;
+  return ops;
+}
+
+int run_loop(fuse_session* se, const ServerOptions& opts) {
+  if (fuse_set_signal_handlers(se) != 0) return 4;
+  int rc;
+  if (opts.debug || opts.max_threads <= 1) {
+    rc = fuse_session_loop(se);
+  } else {
+    fuse_loop_config* cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_clone_fd(cfg, 1);
+    fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
+    fuse_loop_cfg_set_idle_threads(cfg, 2);
+    rc = fuse_session_loop_mt(se, cfg);
+    fuse_loop_cfg_destroy(cfg);
+  }
+  fuse_remove_signal_handlers(se);
+  return rc == 0 ? 0 : 4;
+}
+
+// Waits until the mountpoint answers: stat() blocks until the server has handled FUSE_INIT and
+// the root's getattr; if the server died, the connection is gone and stat fails.
+bool wait_until_answering(const std::string& mountpoint, pid_t child, std::string& why) {
+  struct stat st {};
+  if (::stat(mountpoint.c_str(), &st) != 0) {
+    why = std::strerror(errno);
+    return false;
+  }
+  int status = 0;
+  if (child > 0 && ::waitpid(child, &status, WNOHANG) == child) {
+    why = "the server process exited";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int serve(Backend& backend, const ServerOptions& opts) {
+  std::vector<std::string> argv_s{"nemofs"};
+  std::string o = "fsname=" + opts.fsname + ",subtype=nemofs";
+  if (opts.read_only) o += ",ro";
+  for (const auto& x : opts.fuse_options) o += "," + x;
+  argv_s.push_back("-o");
+  argv_s.push_back(o);
+  if (opts.debug) argv_s.push_back("-d");
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  fuse_lowlevel_ops ops = make_ops();
+  fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &backend);
+  fuse_opt_free_args(&args);
+  if (!se) {
+    std::fprintf(stderr, "nemofs: %s: invalid FUSE options '%s'\n", opts.mountpoint.c_str(), o.c_str());
+    return 1;
+  }
+  if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
+    std::fprintf(stderr, "nemofs: %s: cannot mount (is it an existing empty folder, and /dev/fuse available?)\n",
+                 opts.mountpoint.c_str());
+    fuse_session_destroy(se);
+    return 4;
+  }
+
+  if (opts.foreground) {
+    if (opts.on_serving) opts.on_serving();
+    if (opts.on_ready) opts.on_ready(getpid());
+    int rc = run_loop(se, opts);
+    fuse_session_unmount(se);
+    fuse_session_destroy(se);
+    if (opts.on_finished) opts.on_finished();
+    return rc;
+  }
+
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    std::fprintf(stderr, "nemofs: cannot fork: %s\n", std::strerror(errno));
+    fuse_session_unmount(se);
+    fuse_session_destroy(se);
+    return 4;
+  }
+  if (pid == 0) {
+    ::setsid();
+    if (::chdir("/") != 0) {
+    }
+    int devnull = ::open("/dev/null", O_RDWR);
+    if (devnull >= 0) {
+      ::dup2(devnull, 0);
+      ::dup2(devnull, 1);
+      ::dup2(devnull, 2);
+      if (devnull > 2) ::close(devnull);
+    }
+    if (opts.on_serving) opts.on_serving();
+    int rc = run_loop(se, opts);
+    fuse_session_unmount(se);
+    fuse_session_destroy(se);
+    if (opts.on_finished) opts.on_finished();
+    std::_Exit(rc);
+  }
+  // Parent: drop our copy of the connection so a dead server makes stat fail instead of hang.
+  ::close(fuse_session_fd(se));
+  std::string why;
+  if (!wait_until_answering(opts.mountpoint, pid, why)) {
+    std::fprintf(stderr, "nemofs: %s: the mount did not answer: %s\n", opts.mountpoint.c_str(), why.c_str());
+    ::kill(pid, SIGTERM);
+    ::umount2(opts.mountpoint.c_str(), MNT_DETACH);  // root; otherwise fusermount3 below
+    pid_t u = ::fork();
+    if (u == 0) {
+      int devnull = ::open("/dev/null", O_RDWR);
+      if (devnull >= 0) { ::dup2(devnull, 1); ::dup2(devnull, 2); }
+      ::execlp("fusermount3", "fusermount3", "-u", "-z", opts.mountpoint.c_str(), (char*)nullptr);
+      std::_Exit(127);
+    }
+    if (u > 0) ::waitpid(u, nullptr, 0);
+    return 4;
+  }
+  if (opts.on_ready) opts.on_ready(pid);
+  return 0;
+}
+
+}  // namespace nemofs

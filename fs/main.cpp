@@ -1,0 +1,59 @@
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "fs/cli.h"
+
+#ifndef NEMOFS_VERSION
+#define NEMOFS_VERSION "0.0.0"
+#endif
+
+namespace {
+
+const char* kUsage =
+    "usage: nemofs COMMAND [ARGS]\n"
+    "\n"
+    "Show a machine-learning checkpoint as an ordinary folder.\n"
+    "\n"
+    "commands:\n"
+    "  mount [-o OPTIONS] [-f] [-d] SOURCE MOUNTPOINT\n"
+    "        mount a .nemo, .safetensors, torch.save/.ckpt file, or a distributed / Hugging Face\n"
+    "        checkpoint folder; returns once the mount answers (-f: stay in the foreground)\n"
+    "        options: ro, allow_other, allow_root, debug, and other FUSE options\n"
+    "  umount MOUNTPOINT\n"
+    "        unmount and wait until the daemon has exited (a writable .nemo is committed first)\n"
+    "  inspect SOURCE [--json]\n"
+    "        print the tree the mount would show (paths, sizes, dtypes, shapes), without FUSE\n"
+    "  status [--json]\n"
+    "        list active nemofs mounts\n"
+    "\n"
+    "exit status: 0 ok, 1 usage, 2 source unreadable, 3 source invalid, 4 mount failed,\n"
+    "             5 commit failed, 6 not a nemofs mount\n"
+    "see nemofs(1) for details.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::fputs(kUsage, stderr);
+    return nemofs::kExitUsage;
+  }
+  std::string cmd = args[0];
+  args.erase(args.begin());
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (cmd == "-V" || cmd == "--version") {
+    std::printf("nemofs %s\n", NEMOFS_VERSION);
+    return 0;
+  }
+  if (cmd == "mount") return nemofs::cmd_mount(args);
+  if (cmd == "umount" || cmd == "unmount") return nemofs::cmd_umount(args);
+  if (cmd == "inspect") return nemofs::cmd_inspect(args);
+  if (cmd == "status") return nemofs::cmd_status(args);
+  std::fprintf(stderr, "nemofs: unknown command '%s' (try 'nemofs --help')\n", cmd.c_str());
+  return nemofs::kExitUsage;
+}

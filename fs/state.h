@@ -1,0 +1,39 @@
+// Run-time state of active mounts, so `nemofs umount` can wait for the right daemon and
+// `nemofs status` can list mounts. One JSON file per mount in the state folder:
+//   root: /run/nemofs; others: $XDG_RUNTIME_DIR/nemofs, else /tmp/nemofs-<uid>.
+// File name: hex FNV-1a hash of the mountpoint's real path. Contents: {"pid", "source",
+// "mountpoint", "format", "mode": "ro"|"rw"}. When a daemon exits it writes `<hash>.result`
+// ({"ok": bool, "message": str}) for `nemofs umount` to print, and removes its state file.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace nemofs {
+
+std::string state_dir();  // created (0700) if missing
+std::string state_file_for(const std::string& mountpoint_realpath);
+std::string result_file_for(const std::string& mountpoint_realpath);
+
+void write_state(const std::string& mountpoint_realpath, const nlohmann::json& state);
+std::optional<nlohmann::json> read_state(const std::string& mountpoint_realpath);
+void remove_state(const std::string& mountpoint_realpath);
+void write_result(const std::string& mountpoint_realpath, bool ok, const std::string& message);
+std::optional<nlohmann::json> take_result(const std::string& mountpoint_realpath);  // reads and removes
+
+struct MountInfo {
+  std::string source, mountpoint, fstype;
+};
+// Mounts of type fuse.nemofs (from /proc/self/mountinfo).
+std::vector<MountInfo> nemofs_mounts();
+bool is_nemofs_mount(const std::string& mountpoint_realpath);
+
+// Writes a file atomically (temp + rename).
+void write_file_atomic(const std::string& path, const std::string& body);
+
+}  // namespace nemofs
