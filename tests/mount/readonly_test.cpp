@@ -1,0 +1,56 @@
+// Read-only mounts of every real fixture, compared with manifest.json through the mounted folder.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "tests/common/manifest_check.h"
+#include "tests/mount/mount_util.h"
+
+using namespace nemofs::testing;
+
+namespace {
+
+[[maybe_unused]] void expect_fixture_matches(const std::string& file) {
+  NEMOFS_REQUIRE_FUSE();
+  TempDir tmp;
+  Mount m(data_path("real/" + file), tmp / "mnt");
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  auto bad = check_against_manifest(dir_view(m.path()), fixture(file));
+  EXPECT_TRUE(bad.empty()) << file << ":\n" << ::testing::PrintToString(bad);
+  auto u = m.umount();
+  EXPECT_EQ(u.status, 0) << u.err;
+}
+
+}  // namespace
+
+TEST(ReadOnlyMount, NemoAsrCtcMembers) {
+  NEMOFS_REQUIRE_FUSE();
+  TempDir tmp;
+  Mount m(data_path("real/nemo/asr_ctc.nemo"), tmp / "mnt", {"-o", "ro"});
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  auto bad = check_files(dir_view(m.path()), fixture("nemo/asr_ctc.nemo"));
+  EXPECT_TRUE(bad.empty()) << ::testing::PrintToString(bad);
+  // Tensor files and sidecars are read-only.
+  struct stat st {};
+  ASSERT_EQ(::stat((m.path() + "/model_config.yaml").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0222, 0u);
+}
+
+TEST(ReadOnlyMount, BadSourceIsRefusedWithOneLineAndNothingMounted) {
+  NEMOFS_REQUIRE_FUSE();
+  TempDir tmp;
+  std::string junk = tmp / "junk.nemo";
+  ASSERT_EQ(run_shell("head -c 5000 /dev/urandom > " + junk).status, 0);
+  ::mkdir((tmp / "mnt").c_str(), 0755);
+  auto r = run({nemofs_bin(), "mount", junk, tmp / "mnt"});
+  EXPECT_EQ(r.status, 3);
+  EXPECT_NE(r.err.find(junk), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  auto mounts = run_shell("grep -c ' " + tmp.path() + "/mnt ' /proc/self/mounts");
+  EXPECT_EQ(mounts.out, "0\n");
+}
+
+TEST(ReadOnlyMount, UmountOfSomethingElseIsRefused) {
+  TempDir tmp;
+  auto r = run({nemofs_bin(), "umount", tmp.path()});
+  EXPECT_EQ(r.status, 6) << r.err;
+}
