@@ -8,7 +8,9 @@
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/hf/hf.h"
 #include "formats/nemo/nemo.h"
+#include "formats/safetensors/safetensors.h"
 
 namespace nemofs {
 
@@ -105,15 +107,22 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
         if (keep) *keep = nemo;
       }
       return;
+    case Format::Safetensors:
+      build_safetensors(tree, dir, src);
+      return;
     default:
       not_yet(f, src->describe());
   }
 }
 
-void build_dir(Format f, Tree& tree, NodeId dir, const FileSet& files) {
-  (void)tree;
-  (void)dir;
-  not_yet(f, files.describe());
+void build_dir(Format f, Tree& tree, NodeId dir, const FileSet& files, std::vector<std::string>* warnings = nullptr) {
+  switch (f) {
+    case Format::HfDir:
+      build_hf(tree, dir, files, warnings);
+      return;
+    default:
+      not_yet(f, files.describe());
+  }
 }
 
 }  // namespace
@@ -127,7 +136,7 @@ Checkpoint open_checkpoint(const std::string& path) {
     cp.format = sniff_dir(dir);
     if (cp.format == Format::Unknown)
       throw FormatError("detect", "not a checkpoint folder (no .metadata, model.safetensors.index.json or *.safetensors)");
-    build_dir(cp.format, cp.tree, Tree::kRoot, dir);
+    build_dir(cp.format, cp.tree, Tree::kRoot, dir, &cp.warnings);
     return cp;
   }
   auto src = std::make_shared<FileSource>(path);

@@ -54,3 +54,6 @@ TEST(ReadOnlyMount, UmountOfSomethingElseIsRefused) {
   auto r = run({nemofs_bin(), "umount", tmp.path()});
   EXPECT_EQ(r.status, 6) << r.err;
 }
+
+TEST(ReadOnlyMount, SafetensorsZoo) { expect_fixture_matches("safetensors/zoo.safetensors"); }
+TEST(ReadOnlyMount, HfTinyLlamaFolder) { expect_fixture_matches("hf/tiny-llama"); }
