@@ -364,7 +364,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   });
 }
 
-fuse_lowlevel_ops make_ops() {
+fuse_lowlevel_ops make_ops(const Backend& backend) {
   fuse_lowlevel_ops ops{};
   ops.init = op_init;
   ops.destroy = op_destroy;
@@ -390,10 +390,12 @@ fuse_lowlevel_ops make_ops() {
   ops.readdir = op_readdir;
   ops.readdirplus = op_readdirplus;
   ops.statfs = op_statfs;
-  ops.setxattr = op_setxattr;
-  ops.getxattr = op_getxattr;
-  ops.listxattr = op_listxattr;
-  ops.removexattr = op_removexattr;
+  if (backend.supports_xattrs()) {
+    ops.setxattr = op_setxattr;
+    ops.getxattr = op_getxattr;
+    ops.listxattr = op_listxattr;
+    ops.removexattr = op_removexattr;
+  }
   ops.create = op_create;
   return ops;
 }
@@ -444,7 +446,7 @@ int serve(Backend& backend, const ServerOptions& opts) {
   std::vector<char*> argv;
   for (auto& s : argv_s) argv.push_back(s.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
-  fuse_lowlevel_ops ops = make_ops();
+  fuse_lowlevel_ops ops = make_ops(backend);
   fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &backend);
   fuse_opt_free_args(&args);
   if (!se) {
