@@ -87,6 +87,12 @@ nlohmann::json parse_strict_json(std::string_view text, const char* format, uint
     // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." -> keep the explanation.
     if (auto p = what.find(": "); p != std::string::npos) what = what.substr(p + 2);
     throw FormatError(format, at, "malformed JSON: " + what);
+  } catch (const nlohmann::json::exception& e) {
+    // Found by fuzzing: a number too large for a double ("1e512") is out_of_range 406, not a
+    // parse_error. serde_json refuses it too.
+    std::string what = e.what();
+    if (auto p = what.find("] "); p != std::string::npos) what = what.substr(p + 2);
+    throw FormatError(format, base_offset, "JSON value out of range (" + what + ")");
   }
 }
 

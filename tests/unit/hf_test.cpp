@@ -8,7 +8,9 @@
 #include "formats/core/errors.h"
 #include "formats/detect/checkpoint.h"
 #include "formats/hf/hf.h"
+#include "formats/nemo/nemo.h"
 #include "tests/common/manifest_check.h"
+#include "tests/common/tar_writer.h"
 
 using namespace nemofs;
 using namespace nemofs::testing;
@@ -202,4 +204,16 @@ TEST(HfDefects, DuplicateAcrossShardsWithoutIndex) {
   fs.files["one.safetensors"] = shard({{"a", "A"}});
   fs.files["two.safetensors"] = shard({{"a", "B"}});
   EXPECT_NE(refusal(fs).find("tensor 'a' is in two shards: 'one.safetensors' and 'two.safetensors'"), std::string::npos) << refusal(fs);
+}
+
+TEST(HfValid, FolderInsideANemoGetsATensorsView) {
+  std::string zoo = read_whole_file(data_path("real/safetensors/zoo.safetensors"));
+  std::string tar = tar_member("./", "", '5') + tar_member("./weights/", "", '5') +
+                    tar_member("./weights/model.safetensors", zoo) + tar_member("./weights/config.json", "{}") + tar_end();
+  Tree t;
+  auto nemo = build_nemo(t, std::make_shared<MemorySource>(tar));
+  EXPECT_TRUE(nemo.warnings.empty()) << ::testing::PrintToString(nemo.warnings);
+  auto bad = check_against_manifest(tree_view(t), fixture("safetensors/zoo.safetensors"), "weights.tensors/");
+  EXPECT_TRUE(bad.empty()) << ::testing::PrintToString(bad);
+  EXPECT_EQ(nlohmann::json::parse(read_all(t, "weights.tensors/model.embed.weight.json")).at("shard"), "model.safetensors");
 }

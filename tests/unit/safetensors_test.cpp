@@ -65,6 +65,8 @@ std::vector<Defect> defects() {
   d.push_back({"header_over_cap", le64(100'000'001) + "{}", "exceeds the limit of 100000000 bytes"});
   d.push_back({"header_length_u64_max", le64(UINT64_MAX) + "{}", "exceeds the limit of 100000000 bytes"});
   d.push_back({"not_json", with("{\"a\": nope}"), "malformed JSON"});
+  d.push_back({"number_out_of_double_range", with(R"({"__metadata__":{"k":"v"},"a":{"dtype":"F32","shape":[1e512],"data_offsets":[0,8]}})"),
+               "JSON value out of range (number overflow parsing '1e512')"});
   d.push_back({"not_an_object", with("[1, 2, 3]"), "header is not a JSON object"});
   d.push_back({"not_utf8", with("{\"a\xff\": 1}"), "header is not valid UTF-8"});
   d.push_back({"overlong_utf8", with("{\"a\xc0\xaf\": 1}"), "header is not valid UTF-8"});
