@@ -9,6 +9,7 @@
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
 #include "formats/nemo/nemo.h"
+#include "formats/torch/torch.h"
 
 namespace nemofs {
 
@@ -105,6 +106,13 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
         if (keep) *keep = nemo;
       }
       return;
+    case Format::TorchZip:
+    case Format::TorchLegacy: {
+      auto file = f == Format::TorchZip ? torch::load_torch_zip(src) : torch::load_torch_legacy(src);
+      torch::build_torch_tree(tree, dir, *file);
+      if (warnings) warnings->insert(warnings->end(), file->warnings.begin(), file->warnings.end());
+      return;
+    }
     default:
       not_yet(f, src->describe());
   }

@@ -116,6 +116,10 @@ class Arena {
     return &values_.back();
   }
   size_t size() const { return values_.size(); }
+  template <typename F>
+  void for_each(F&& f) const {
+    for (const Value& v : values_) f(v);
+  }
 
  private:
   std::deque<Value> values_;
