@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "formats/core/checked.h"
@@ -486,6 +487,7 @@ class Machine {
   Value* int_from_decimal(std::string text);
   Value* int_from_le(const std::string& bytes);
   Value* resolve_global(std::string module, std::string name);
+  Value* resolve_global_uncached(std::string module, std::string name);
   Value* call(Value* callable, Value* args, Value* kwargs, bool newobj);
   Value* encode(const Value* s, const Value* enc);
   std::vector<Value*> seq_items(Value* v) const;
@@ -502,6 +504,7 @@ class Machine {
   std::vector<size_t> marks_;
   std::vector<Value*> memo_;
   size_t memo_count_ = 0;
+  std::unordered_map<std::string, Value*> globals_;
   uint64_t op_at_ = 0;
   uint8_t op_ = 0;
 };
@@ -554,6 +557,15 @@ Value* Machine::int_from_le(const std::string& bytes) {
 }
 
 Value* Machine::resolve_global(std::string module, std::string name) {
+  // One Value per distinct name, as Python has one object per class.
+  std::string cache_key = module + '\n' + name;
+  if (auto it = globals_.find(cache_key); it != globals_.end()) return it->second;
+  Value* g = resolve_global_uncached(std::move(module), std::move(name));
+  globals_.emplace(std::move(cache_key), g);
+  return g;
+}
+
+Value* Machine::resolve_global_uncached(std::string module, std::string name) {
   for (const auto& m : kNameMap) {
     if (module != m.from_module) continue;
     if (m.from_name && name == m.from_name) {

@@ -49,7 +49,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -107,22 +106,32 @@ struct Value {
   const Value* get(std::string_view key) const;
 };
 
-// Owns every Value of one unpickled stream. Addresses are stable.
+// Owns every Value of one unpickled stream, in blocks (few allocations, flat destruction).
+// Addresses are stable.
 class Arena {
  public:
   Value* make(Kind k) {
-    values_.emplace_back();
-    values_.back().kind = k;
-    return &values_.back();
+    if (used_ == kBlock || blocks_.empty()) {
+      blocks_.push_back(std::make_unique<Value[]>(kBlock));
+      used_ = 0;
+    }
+    Value* v = &blocks_.back()[used_++];
+    v->kind = k;
+    return v;
   }
-  size_t size() const { return values_.size(); }
+  size_t size() const { return blocks_.empty() ? 0 : (blocks_.size() - 1) * kBlock + used_; }
   template <typename F>
   void for_each(F&& f) const {
-    for (const Value& v : values_) f(v);
+    for (size_t b = 0; b < blocks_.size(); ++b) {
+      size_t n = b + 1 == blocks_.size() ? used_ : kBlock;
+      for (size_t i = 0; i < n; ++i) f(blocks_[b][i]);
+    }
   }
 
  private:
-  std::deque<Value> values_;
+  static constexpr size_t kBlock = 1024;
+  std::vector<std::unique_ptr<Value[]>> blocks_;
+  size_t used_ = 0;
 };
 
 struct Limits {

@@ -445,7 +445,7 @@ namespace {
 class Builder {
  public:
   Builder(Tree& tree, TorchFile& f) : tree_(tree), f_(f) {
-    entries_left_ = std::max<uint64_t>(1u << 20, 8 * f.doc.arena->size());
+    entries_left_ = std::max<uint64_t>(1u << 16, 8 * f.doc.arena->size());
     budget_.nodes_left = std::max<uint64_t>(1u << 22, 16 * f.doc.arena->size());
     hook_ = [this](const Value& v) -> std::optional<nlohmann::ordered_json> {
       const TensorInfo* t = tensor(v);

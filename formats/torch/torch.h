@@ -53,7 +53,7 @@
 //     the file holds the STORED bytes; the logical value is their negation / conjugate.
 //
 // Limits: the object tree may expand (through shared references) to at most
-// max(1<<20, 8 * number of pickle values) entries and JSON renderings share one node budget.
+// max(65536, 8 * number of pickle values) entries and JSON renderings share one node budget.
 #pragma once
 
 #include <functional>
