@@ -457,12 +457,19 @@ class Builder {
 
   void root(NodeId dir) {
     const Value& r = *f_.doc.root;
-    if (container(r)) expand(dir, r, "", 0);
+    if (container(r) && (!r.is(Kind::Object) || has_tensor(r, 0))) expand(dir, r, "", 0);
     else add_entry(dir, "", r.is(Kind::Object) && tensor(r) ? "tensor" : "value", r, 0);
   }
 
  private:
-  static bool container(const Value& v) { return v.is(Kind::Dict) || v.is(Kind::List) || v.is(Kind::Tuple); }
+  // Dicts, lists, tuples, and instances of their subclasses (an Object filled by SETITEMS or
+  // APPENDS, e.g. an AttributeDict or a custom OrderedDict): their items are what a user indexes.
+  static bool container(const Value& v) {
+    if (v.is(Kind::Dict) || v.is(Kind::List) || v.is(Kind::Tuple)) return true;
+    return v.is(Kind::Object) && !is_tensor_tag(v.tag) && (!v.entries.empty() || !v.listitems.empty());
+  }
+  static bool dict_like(const Value& v) { return v.is(Kind::Dict) || (v.is(Kind::Object) && !v.entries.empty()); }
+  static const std::vector<Value*>& seq_items(const Value& v) { return v.is(Kind::Object) ? v.listitems : v.items; }
 
   const TensorInfo* tensor(const Value& v) {
     if (!v.is(Kind::Object) || !is_tensor_tag(v.tag)) return nullptr;
@@ -478,11 +485,11 @@ class Builder {
     if (depth > 1000) throw FormatError(f_.source, "containers nested deeper than 1000 levels");
     if (!on_path_.insert(&v).second) return false;
     bool any = false;
-    if (v.is(Kind::Dict)) {
+    if (dict_like(v)) {
       for (const auto& [k, x] : v.entries)
         if ((any = has_tensor(*x, depth + 1))) break;
     } else {
-      for (const Value* x : v.items)
+      for (const Value* x : seq_items(v))
         if ((any = has_tensor(*x, depth + 1))) break;
     }
     on_path_.erase(&v);
@@ -493,10 +500,11 @@ class Builder {
   void expand(NodeId dir, const Value& v, const std::string& path, uint32_t depth) {
     if (depth > 1000) throw FormatError(f_.source, "containers nested deeper than 1000 levels");
     on_path_.insert(&v);
-    if (v.is(Kind::Dict)) {
+    if (dict_like(v)) {
       for (const auto& [k, x] : v.entries) add_entry(dir, path, pickle::key_text(*k, budget_), *x, depth + 1);
     } else {
-      for (size_t i = 0; i < v.items.size(); ++i) add_entry(dir, path, std::to_string(i), *v.items[i], depth + 1);
+      const auto& items = seq_items(v);
+      for (size_t i = 0; i < items.size(); ++i) add_entry(dir, path, std::to_string(i), *items[i], depth + 1);
     }
     on_path_.erase(&v);
   }

@@ -28,7 +28,9 @@
 //
 // Tree (layout.md section 3): the root object's items are the root folder's entries (a root that
 // is a tensor is the file `tensor`, any other non-container root is `value.json`). A dict, list
-// or tuple with a tensor somewhere below it (through dicts, lists, tuples) is a folder; a tensor
+// or tuple with a tensor somewhere below it (through dicts, lists, tuples) is a folder, and so is
+// an instance of a dict/list subclass (an inert Object filled by SETITEMS/APPENDS, e.g.
+// AttributeDict) holding a tensor: its items are shown, its class and state are not; a tensor
 // is a file; anything else is `<key>.json` (pickle::to_json, tensors nested inside such values
 // render as {"__tensor__": {dtype, shape, storage}}). str keys are used as they are, int keys
 // in decimal, list/tuple items 0, 1, ...; other keys by pickle::key_text; then escape_key. Two

@@ -361,3 +361,18 @@ TEST(TorchPerf, FiveThousandTensorsMountFast) {
   std::printf("[ perf     ] open_checkpoint of a 5,000-tensor torch zip: %.3f s\n", secs);
   EXPECT_LT(secs, 2.0);  // target 0.2 s in a release build; generous here for sanitizer/debug builds
 }
+
+TEST(TorchZip, DictSubclassesHoldingTensorsAreFolders) {
+  PickleBuilder p;
+  p.proto(2).op('}').op('(');
+  p.str("hp").global("lightning.fabric.utilities.data", "AttributeDict").op(')').op(0x81).op('(');
+  p.str("w").tensor_v2("FloatStorage", "0", 2, 0, {2}, {1}).str("n").integer(3).op('u');
+  p.str("plain").global("lightning.fabric.utilities.data", "AttributeDict").op(')').op(0x81).op('(');
+  p.str("n").integer(4).op('u');
+  p.op('u').stop();
+  auto b = build_zip(torch_save_zip(p.s, {{"0", floats({1, 2})}}));
+  EXPECT_EQ(read(b.tree, "hp/w"), floats({1, 2}));
+  EXPECT_EQ(json::parse(read(b.tree, "hp/n.json")), 3);
+  EXPECT_EQ(json::parse(read(b.tree, "plain.json")),
+            json::parse(R"({"__class__": "lightning.fabric.utilities.data.AttributeDict", "args": [], "dictitems": {"n": 4}})"));
+}
