@@ -11,6 +11,7 @@
 #include "formats/hf/hf.h"
 #include "formats/nemo/nemo.h"
 #include "formats/safetensors/safetensors.h"
+#include "formats/torch/torch.h"
 
 namespace nemofs {
 
@@ -110,6 +111,13 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
     case Format::Safetensors:
       build_safetensors(tree, dir, src);
       return;
+    case Format::TorchZip:
+    case Format::TorchLegacy: {
+      auto file = f == Format::TorchZip ? torch::load_torch_zip(src) : torch::load_torch_legacy(src);
+      torch::build_torch_tree(tree, dir, *file);
+      if (warnings) warnings->insert(warnings->end(), file->warnings.begin(), file->warnings.end());
+      return;
+    }
     default:
       not_yet(f, src->describe());
   }

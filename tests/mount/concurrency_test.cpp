@@ -86,7 +86,8 @@ TEST_P(Concurrency, SixteenThreadsRandomRanges) { hammer(GetParam(), std::chrono
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Concurrency,
                          ::testing::Values("nemo/asr_ctc.nemo", "nemo/megatron_gpt.nemo",
-                                           "safetensors/zoo.safetensors", "hf/tiny-llama"),
+                                           "safetensors/zoo.safetensors", "hf/tiny-llama", "torch/zoo.pt",
+                                           "torch/nested.pt", "torch/legacy.pt", "lightning/tiny.ckpt"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)

@@ -57,3 +57,8 @@ TEST(ReadOnlyMount, UmountOfSomethingElseIsRefused) {
 
 TEST(ReadOnlyMount, SafetensorsZoo) { expect_fixture_matches("safetensors/zoo.safetensors"); }
 TEST(ReadOnlyMount, HfTinyLlamaFolder) { expect_fixture_matches("hf/tiny-llama"); }
+TEST(ReadOnlyMount, TorchZoo) { expect_fixture_matches("torch/zoo.pt"); }
+TEST(ReadOnlyMount, TorchNested) { expect_fixture_matches("torch/nested.pt"); }
+TEST(ReadOnlyMount, TorchLegacy) { expect_fixture_matches("torch/legacy.pt"); }
+TEST(ReadOnlyMount, LightningTiny) { expect_fixture_matches("lightning/tiny.ckpt"); }
+TEST(ReadOnlyMount, NemoAsrCtcWithTensorViews) { expect_fixture_matches("nemo/asr_ctc.nemo"); }
