@@ -8,6 +8,7 @@
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/dcp/dcp.h"
 #include "formats/nemo/nemo.h"
 #include "formats/torch/torch.h"
 
@@ -119,9 +120,13 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
 }
 
 void build_dir(Format f, Tree& tree, NodeId dir, const FileSet& files) {
-  (void)tree;
-  (void)dir;
-  not_yet(f, files.describe());
+  switch (f) {
+    case Format::Dcp:
+      dcp::build_dcp(tree, dir, files);
+      return;
+    default:
+      not_yet(f, files.describe());
+  }
 }
 
 }  // namespace
