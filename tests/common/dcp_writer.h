@@ -203,6 +203,7 @@ inline std::string metadata_pickle(const std::vector<WEntry>& entries, bool with
     }
     for (size_t i = 0; i < e.chunks.size(); ++i) {
       const auto& c = e.chunks[i];
+      if (c.file.empty()) continue;  // a chunk without a storage entry (a broken checkpoint)
       p.newobj(kMeta, "MetadataIndex");
       p.op('}');
       p.op('(');
