@@ -8,6 +8,7 @@
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/dcp/dcp.h"
 #include "formats/hf/hf.h"
 #include "formats/nemo/nemo.h"
 #include "formats/safetensors/safetensors.h"
@@ -127,6 +128,9 @@ void build_dir(Format f, Tree& tree, NodeId dir, const FileSet& files, std::vect
   switch (f) {
     case Format::HfDir:
       build_hf(tree, dir, files, warnings);
+      return;
+    case Format::Dcp:
+      dcp::build_dcp(tree, dir, files);
       return;
     default:
       not_yet(f, files.describe());

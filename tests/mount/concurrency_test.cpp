@@ -87,7 +87,9 @@ TEST_P(Concurrency, SixteenThreadsRandomRanges) { hammer(GetParam(), std::chrono
 INSTANTIATE_TEST_SUITE_P(Fixtures, Concurrency,
                          ::testing::Values("nemo/asr_ctc.nemo", "nemo/megatron_gpt.nemo",
                                            "safetensors/zoo.safetensors", "hf/tiny-llama", "torch/zoo.pt",
-                                           "torch/nested.pt", "torch/legacy.pt", "lightning/tiny.ckpt"),
+                                           "torch/nested.pt", "torch/legacy.pt", "lightning/tiny.ckpt",
+                                           "dcp/single", "dcp/sharded_1d", "dcp/sharded_2d", "dcp/fsdp2_adam",
+                                           "lightning/model_parallel.ckpt"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)
