@@ -3,8 +3,8 @@
 #   cmake --build build && (cd build && cpack -G DEB)   ->  build/nemofs_<version>-1_<arch>.deb
 #
 # The package installs under /usr (CPack's default for DEB) and the mount helper in /sbin, where
-# mount(8) looks. Its Depends are computed by dpkg-shlibdeps (package dpkg-dev) plus fuse3, for
-# fusermount3 and mount.fuse3's conventions.
+# mount(8) looks. Its Depends are computed by dpkg-shlibdeps (packages dpkg-dev and file) plus fuse3,
+# for fusermount3. Building the man pages needs go-md2man.
 include(GNUInstallDirs)
 
 set(NEMOFS_PACKAGE_MAINTAINER "nemofs maintainers <maintainers@users.noreply.r-seed-a4eba69c.example>"
@@ -67,8 +67,7 @@ set(CPACK_PACKAGE_NAME nemofs)
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_PACKAGE_CONTACT "${NEMOFS_PACKAGE_MAINTAINER}")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "FUSE filesystem showing ML checkpoints as folders")
-set(CPACK_DEBIAN_PACKAGE_DESCRIPTION "FUSE filesystem showing ML checkpoints as folders
-nemofs mounts a machine-learning checkpoint as an ordinary folder: NeMo .nemo
+set(CPACK_DEBIAN_PACKAGE_DESCRIPTION "nemofs mounts a machine-learning checkpoint as an ordinary folder: NeMo .nemo
 archives, .safetensors files, PyTorch torch.save files and Lightning .ckpt,
 PyTorch Distributed Checkpoint folders and Hugging Face sharded folders. Each
 tensor is a raw file with a JSON sidecar giving its dtype and shape, readable
@@ -85,6 +84,7 @@ set(CPACK_DEBIAN_PACKAGE_SECTION utils)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "fuse3")
+set(CPACK_DEBIAN_PACKAGE_SUGGESTS "bash-completion")
 set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS OFF)
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_STRIP_FILES ON)
