@@ -12,7 +12,8 @@ PACKAGES=(
   nlohmann-json3-dev libyaml-cpp-dev zlib1g-dev libdeflate-dev
   googletest libgtest-dev libgmock-dev libssl-dev
   clang libclang-rt-dev
-  python3 python3-yaml
+  python3 python3-yaml python3-numpy
+  go-md2man dpkg-dev file lintian
   vim-tiny vim kmod
 )
 missing=()
