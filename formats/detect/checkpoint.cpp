@@ -8,6 +8,7 @@
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/gzip/gzip_index.h"
 #include "formats/nemo/nemo.h"
 
 namespace nemofs {
@@ -89,8 +90,6 @@ Format sniff_dir(const FileSet& dir) {
 namespace {
 
 [[noreturn]] void not_yet(Format f, const std::string& what) {
-  if (f == Format::GzipTar)
-    throw FormatError("nemo", std::nullopt, what + ": gzip-compressed .nemo is not supported yet");
   throw FormatError(format_name(f), std::nullopt, what + ": this checkpoint format is not supported yet");
 }
 
@@ -105,6 +104,20 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
         if (keep) *keep = nemo;
       }
       return;
+    case Format::GzipTar: {
+      if (nested) throw FormatError("nemo", "a gzip-compressed archive inside a checkpoint is not shown as tensors");
+      // Members are SubSources of the uncompressed stream, so their `.tensors/` views compose as for
+      // a plain .nemo; the NemoArchive keeps the GzipSource (and through it the file) alive.
+      const auto* file = dynamic_cast<const FileSource*>(src.get());
+      auto gz = open_gzip(src, file ? file->path() : std::string());
+      auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, gz));
+      if (warnings) {
+        *warnings = nemo->warnings;
+        if (!gz->cache_note().empty()) warnings->push_back(gz->cache_note());
+      }
+      if (keep) *keep = nemo;
+      return;
+    }
     default:
       not_yet(f, src->describe());
   }
