@@ -686,6 +686,9 @@ BlockPtr inflate_block(const GzipIndex& idx, const ByteSource& src, Cursor& c, u
     }
     int ret = inflate(&z, Z_NO_FLUSH);
     if (ret == Z_STREAM_END) {
+      // A member that ends exactly with the block: leave the transition to the next block (inflate
+      // keeps answering Z_STREAM_END without consuming anything).
+      if (z.avail_out == 0) break;
       // The next member follows the 8-byte trailer.
       uint64_t next = c.in_next - z.avail_in + 8;
       uint64_t d = 0;
