@@ -395,7 +395,9 @@ std::string serialize_gzip_index(const GzipIndex& idx, const GzipFileKey& key) {
   store_le<uint32_t>(h + 64, idx.members);
   store_le<uint32_t>(h + 68, static_cast<uint32_t>(idx.points.size()));
   store_le<uint64_t>(h + 72, idx.block_crcs.size());
-  store_le<uint64_t>(h + 80, idx.windows.size());
+  uint64_t window_bytes = 0;
+  for (const GzipPoint& p : idx.points) window_bytes += p.window_stored;
+  store_le<uint64_t>(h + 80, window_bytes);
   for (const GzipPoint& p : idx.points) {
     unsigned char r[kPointBytes];
     store_le<uint64_t>(r, p.out);
@@ -411,14 +413,19 @@ std::string serialize_gzip_index(const GzipIndex& idx, const GzipFileKey& key) {
     store_le<uint32_t>(r, c);
     b.append(reinterpret_cast<const char*>(r), 4);
   }
-  b += idx.windows;
+  for (const GzipPoint& p : idx.points) b.append(idx.windows, p.window_off, p.window_stored);
   unsigned char r[4];
   store_le<uint32_t>(r, crc(0, b.data(), b.size()));
   b.append(reinterpret_cast<const char*>(r), 4);
   return b;
 }
 
-std::optional<GzipIndex> parse_gzip_index(std::string_view bytes, const GzipFileKey* expect, std::string* why) {
+namespace {
+
+// `owned` (the same bytes) becomes the windows' storage instead of a copy: a second mount of a
+// large archive then costs one read of the file and one checksum pass.
+std::optional<GzipIndex> parse_index(std::string_view bytes, const GzipFileKey* expect, std::string* why,
+                                     std::string* owned) {
   auto fail = [&](const std::string& w) -> std::optional<GzipIndex> {
     if (why) *why = w;
     return std::nullopt;
@@ -474,7 +481,7 @@ std::optional<GzipIndex> parse_gzip_index(std::string_view bytes, const GzipFile
     if (p.window_method > 1 || (p.window_method == 0 && p.window_stored != p.window_len) ||
         (p.window_method == 1 && (p.window_stored == 0 || p.window_len == 0 || p.window_stored > compressBound(kWindow))))
       return fail("bad window encoding");
-    p.window_off = woff;
+    p.window_off = woff;  // relative to the windows' start until the end
     woff += p.window_stored;  // <= np * 2^32: no overflow
     if (woff > nw) return fail("windows overrun");
     p.first_block = blocks;
@@ -486,8 +493,20 @@ std::optional<GzipIndex> parse_gzip_index(std::string_view bytes, const GzipFile
   if (woff != nw || blocks != nb) return fail("counts disagree");
   idx.block_crcs.resize(nb);
   for (uint64_t i = 0; i < nb; ++i, r += 4) idx.block_crcs[i] = load_le<uint32_t>(r);
-  idx.windows.assign(reinterpret_cast<const char*>(r), nw);
+  if (owned) {
+    const uint64_t base = static_cast<uint64_t>(reinterpret_cast<const char*>(r) - bytes.data());
+    for (GzipPoint& p : idx.points) p.window_off += base;
+    idx.windows = std::move(*owned);
+  } else {
+    idx.windows.assign(reinterpret_cast<const char*>(r), nw);
+  }
   return idx;
+}
+
+}  // namespace
+
+std::optional<GzipIndex> parse_gzip_index(std::string_view bytes, const GzipFileKey* expect, std::string* why) {
+  return parse_index(bytes, expect, why, nullptr);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -602,7 +621,7 @@ std::shared_ptr<const GzipSource> open_gzip(const SourcePtr& compressed, const s
   if (!file.empty()) {
     std::string bytes, why;
     if (read_file_bounded(file, bytes)) {
-      if (auto idx = parse_gzip_index(bytes, &key, &why))
+      if (auto idx = parse_index(bytes, &key, &why, &bytes))
         return std::make_shared<GzipSource>(compressed, std::make_shared<const GzipIndex>(std::move(*idx)),
                                             opt.cache_bytes, GzipIndexOrigin::LoadedFromCache);
       note = "cached gzip index " + file + " rebuilt: " + why;

@@ -107,7 +107,7 @@ struct GzipIndex {
   uint32_t members = 0;
   std::vector<GzipPoint> points;
   std::vector<uint32_t> block_crcs;
-  std::string windows;
+  std::string windows;  // stored windows at each point's window_off (may hold other bytes between)
 
   // Chunk (point) holding uncompressed offset `off` < uncompressed_size.
   size_t point_of(uint64_t off) const;
