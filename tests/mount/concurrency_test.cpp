@@ -85,7 +85,7 @@ class Concurrency : public ::testing::TestWithParam<std::string> {};
 TEST_P(Concurrency, SixteenThreadsRandomRanges) { hammer(GetParam(), std::chrono::milliseconds(1500)); }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Concurrency,
-                         ::testing::Values("nemo/asr_ctc.nemo", "nemo/megatron_gpt.nemo",
+                         ::testing::Values("nemo/asr_ctc.nemo", "nemo/asr_ctc_legacy_gz.nemo", "nemo/megatron_gpt.nemo",
                                            "safetensors/zoo.safetensors", "hf/tiny-llama", "torch/zoo.pt",
                                            "torch/nested.pt", "torch/legacy.pt", "lightning/tiny.ckpt",
                                            "dcp/single", "dcp/sharded_1d", "dcp/sharded_2d", "dcp/fsdp2_adam",

@@ -68,3 +68,4 @@ TEST(ReadOnlyMount, DcpSharded2d) { expect_fixture_matches("dcp/sharded_2d"); }
 TEST(ReadOnlyMount, DcpFsdp2Adam) { expect_fixture_matches("dcp/fsdp2_adam"); }
 TEST(ReadOnlyMount, LightningModelParallel) { expect_fixture_matches("lightning/model_parallel.ckpt"); }
 TEST(ReadOnlyMount, NemoMegatronWithDistributedView) { expect_fixture_matches("nemo/megatron_gpt.nemo"); }
+TEST(ReadOnlyMount, NemoLegacyGzipWithTensorViews) { expect_fixture_matches("nemo/asr_ctc_legacy_gz.nemo"); }

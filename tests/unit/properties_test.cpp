@@ -52,7 +52,7 @@ TEST_P(TreeProperties, EveryFileReadableTensorsSizedExtentsInside) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TreeProperties,
-                         ::testing::Values("nemo/asr_ctc.nemo", "nemo/megatron_gpt.nemo",
+                         ::testing::Values("nemo/asr_ctc.nemo", "nemo/asr_ctc_legacy_gz.nemo", "nemo/megatron_gpt.nemo",
                                            "safetensors/zoo.safetensors", "hf/tiny-llama", "torch/zoo.pt",
                                            "torch/nested.pt", "torch/legacy.pt", "lightning/tiny.ckpt",
                                            "dcp/single", "dcp/sharded_1d", "dcp/sharded_2d", "dcp/fsdp2_adam",
