@@ -32,9 +32,11 @@ std::string dims_text(const std::vector<uint64_t>& v) {
 class DataFiles {
  public:
   explicit DataFiles(const FileSet& fs) : fs_(fs) {}
-  SourcePtr get(const std::string& rel, const std::string& what) {
+  template <typename W>
+  SourcePtr get(const std::string& rel, const W& what_fn) {
     auto it = open_.find(rel);
     if (it != open_.end()) return it->second;
+    const std::string what = what_fn();
     bool bad = rel.empty() || rel[0] == '/';
     for (size_t i = 0, j; !bad && i <= rel.size(); i = j + 1) {
       j = rel.find('/', i);
@@ -54,20 +56,27 @@ class DataFiles {
   std::unordered_map<std::string, SourcePtr> open_;
 };
 
-SourcePtr item_source(DataFiles& files, const StorageInfo& s, const std::string& what) {
+// The data file holding an item, after checking the item can be read from it. `what` is a
+// callable naming the item (messages are built only on failure).
+template <typename W>
+SourcePtr item_file(DataFiles& files, const StorageInfo& s, const W& what) {
   if (!s.transforms.empty()) {
     std::string t;
     for (const auto& x : s.transforms) t += (t.empty() ? "" : ", ") + x;
-    throw FormatError(kFmt, what + ": item is stored through transform(s) " + t +
+    throw FormatError(kFmt, what() + ": item is stored through transform(s) " + t +
                                 " (compressed DCP items are not supported)");
   }
   SourcePtr file = files.get(s.file, what);
   auto end = try_add(s.offset, s.length);
   if (!end || *end > file->size())
-    throw FormatError(kFmt, s.offset, what + ": item [" + std::to_string(s.offset) + ", +" + std::to_string(s.length) +
+    throw FormatError(kFmt, s.offset, what() + ": item [" + std::to_string(s.offset) + ", +" + std::to_string(s.length) +
                                           ") lies beyond the end of '" + s.file + "' (" + std::to_string(file->size()) +
                                           " bytes)");
-  return make_sub(file, s.offset, s.length, s.file + " @ " + std::to_string(s.offset));
+  return file;
+}
+
+SourcePtr item_source(DataFiles& files, const StorageInfo& s, const std::string& what) {
+  return make_sub(item_file(files, s, [&] { return what; }), s.offset, s.length, s.file + " @ " + std::to_string(s.offset));
 }
 
 void require_zip(const SourcePtr& item, const StorageInfo& s, const std::string& what) {
@@ -226,7 +235,8 @@ void merge_into(Tree& dst, NodeId to, const Tree& src, NodeId from) {
 void build_dcp(Tree& tree, NodeId dir, const FileSet& files) {
   SourcePtr meta_src = files.open(".metadata");
   if (!meta_src) throw FormatError(kFmt, files.describe() + ": no .metadata file");
-  Metadata md;
+  auto keep = std::make_shared<Metadata>();
+  Metadata& md = *keep;
   try {
     md = parse_metadata(*meta_src);
   } catch (const FormatError& e) {
@@ -284,23 +294,25 @@ void build_dcp(Tree& tree, NodeId dir, const FileSet& files) {
       uint64_t vol = elem;
       for (uint64_t s : c.box.sizes) vol *= s;  // bounded by the validated tensor size
       if (vol == 0) continue;
-      const std::string cw = what + " chunk " + dims_text(c.box.offsets);
-      SourcePtr item = item_source(data, c.storage, cw);
-      if (item->size() < vol)
-        throw FormatError(kFmt, c.storage.offset, cw + ": item of " + std::to_string(item->size()) + " bytes in '" +
+      auto cw = [&] { return what + " chunk " + dims_text(c.box.offsets); };
+      SourcePtr file = item_file(data, c.storage, cw);
+      if (c.storage.length < vol)
+        throw FormatError(kFmt, c.storage.offset, cw() + ": item of " + std::to_string(c.storage.length) + " bytes in '" +
                                                       c.storage.file + "' cannot hold the chunk's " + std::to_string(vol) +
                                                       " bytes of " + dt->name);
       ShardChunk sc;
       sc.box = c.box;
       sc.what = c.storage.file + " @ " + std::to_string(c.storage.offset);
       if (eager) {
-        SourcePtr bytes = open_chunk(item, c.storage, *dt, c.box.sizes, cw);
+        SourcePtr item = make_sub(file, c.storage.offset, c.storage.length, sc.what);
+        SourcePtr bytes = open_chunk(item, c.storage, *dt, c.box.sizes, cw());
         sc.open = [bytes] { return bytes; };
       } else {
-        StorageInfo s = c.storage;
-        DTypeInfo d = *dt;
-        std::vector<uint64_t> sizes = c.box.sizes;
-        sc.open = [item, s, d, sizes, cw] { return open_chunk(item, s, d, sizes, cw); };
+        // The metadata stays alive with the chunks that refer to it.
+        sc.open = [keep, &c, &e, file, d = *dt] {
+          SourcePtr item = make_sub(file, c.storage.offset, c.storage.length);
+          return open_chunk(item, c.storage, d, c.box.sizes, "'" + e.fqn + "' chunk " + dims_text(c.box.offsets));
+        };
       }
       chunks.push_back(std::move(sc));
       if (e.chunks.size() <= kSidecarChunkLimit)

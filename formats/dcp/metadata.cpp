@@ -1,6 +1,10 @@
 // The .metadata pickle -> dcp::Metadata (see dcp.h for the layout).
 #include <algorithm>
 #include <map>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
 #include <set>
 
 #include "formats/core/checked.h"
@@ -53,19 +57,22 @@ const Value* field(const Value* obj, std::string_view name) {
   return nullptr;
 }
 
-std::vector<uint64_t> int_tuple(const Value* v, const std::string& what) {
-  if (!v || !(v->is(Kind::Tuple) || v->is(Kind::List))) bad(what + " is not a tuple of ints");
+// `what` is a callable giving the field's name; messages are only built on failure.
+template <typename W>
+std::vector<uint64_t> int_tuple(const Value* v, const W& what) {
+  if (!v || !(v->is(Kind::Tuple) || v->is(Kind::List))) bad(what() + " is not a tuple of ints");
   std::vector<uint64_t> out;
   out.reserve(v->items.size());
   for (const Value* x : v->items) {
-    if (!x->is(Kind::Int) || x->i < 0) bad(what + " holds something that is not a non-negative int");
+    if (!x->is(Kind::Int) || x->i < 0) bad(what() + " holds something that is not a non-negative int");
     out.push_back(static_cast<uint64_t>(x->i));
   }
   return out;
 }
 
-uint64_t nonneg(const Value* v, const std::string& what) {
-  if (!v || !v->is(Kind::Int) || v->i < 0) bad(what + " is not a non-negative int");
+template <typename W>
+uint64_t nonneg(const Value* v, const W& what) {
+  if (!v || !v->is(Kind::Int) || v->i < 0) bad(what() + " is not a non-negative int");
   return static_cast<uint64_t>(v->i);
 }
 
@@ -82,33 +89,65 @@ std::string dtype_of(const Value* props, const std::string& fqn) {
   return d->dtype;
 }
 
-StorageInfo storage_info(const Value* v, const std::string& what) {
-  if (!v || !v->is(Kind::Object)) bad(what + ": storage entry is not a _StorageInfo");
+template <typename W>
+StorageInfo storage_info(const Value* v, const W& what) {
+  if (!v || !v->is(Kind::Object)) bad(what() + ": storage entry is not a _StorageInfo");
   StorageInfo s;
   const Value* path = field(v, "relative_path");
-  if (!path || !path->is(Kind::Str)) bad(what + ": _StorageInfo has no relative_path");
+  if (!path || !path->is(Kind::Str)) bad(what() + ": _StorageInfo has no relative_path");
   s.file = path->str;
-  s.offset = nonneg(field(v, "offset"), what + ": _StorageInfo offset");
-  s.length = nonneg(field(v, "length"), what + ": _StorageInfo length");
+  s.offset = nonneg(field(v, "offset"), [&] { return what() + ": _StorageInfo offset"; });
+  s.length = nonneg(field(v, "length"), [&] { return what() + ": _StorageInfo length"; });
   if (const Value* t = field(v, "transform_descriptors"); t && !t->is(Kind::None)) {
-    if (!(t->is(Kind::List) || t->is(Kind::Tuple))) bad(what + ": transform_descriptors is not a list");
+    if (!(t->is(Kind::List) || t->is(Kind::Tuple))) bad(what() + ": transform_descriptors is not a list");
     for (const Value* x : t->items) {
-      if (!x->is(Kind::Str)) bad(what + ": a transform descriptor is not a str");
+      if (!x->is(Kind::Str)) bad(what() + ": a transform descriptor is not a str");
       s.transforms.push_back(x->str);
     }
   }
   return s;
 }
 
-std::string index_key(const std::string& fqn, const std::vector<uint64_t>* offsets) {
-  std::string k = fqn;
-  k += '\0';
-  if (!offsets) return k + "-";
-  for (uint64_t o : *offsets) {
-    k += std::to_string(o);
-    k += ',';
+// storage_data grouped by fqn; a chunk is matched by offsets (its position in the list first,
+// which is where writers usually put it, then a per-fqn map built on demand).
+struct StorageIndex {
+  struct Item {
+    std::vector<uint64_t> offsets;
+    bool has_offset = false;
+    const Value* info = nullptr;
+  };
+  struct Group {
+    std::vector<Item> items;
+    mutable std::unique_ptr<std::map<std::vector<uint64_t>, const Value*>> by_offsets;
+  };
+  std::unordered_map<std::string_view, Group> by_fqn;
+
+  const Value* find(const std::string& fqn, const std::vector<uint64_t>* offsets, size_t position) const {
+    auto it = by_fqn.find(fqn);
+    if (it == by_fqn.end()) return nullptr;
+    const Group& g = it->second;
+    if (!offsets) {
+      for (const Item& x : g.items)
+        if (!x.has_offset) return x.info;
+      return nullptr;
+    }
+    if (position < g.items.size() && g.items[position].has_offset && g.items[position].offsets == *offsets)
+      return g.items[position].info;
+    if (!g.by_offsets) {
+      g.by_offsets = std::make_unique<std::map<std::vector<uint64_t>, const Value*>>();
+      for (const Item& x : g.items)
+        if (x.has_offset) g.by_offsets->emplace(x.offsets, x.info);
+    }
+    auto f = g.by_offsets->find(*offsets);
+    return f == g.by_offsets->end() ? nullptr : f->second;
   }
-  return k;
+};
+
+uint64_t box_hash(const Box& b) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto* v : {&b.offsets, &b.sizes})
+    for (uint64_t x : *v) h = (h ^ x) * 1099511628211ull;
+  return h;
 }
 
 }  // namespace
@@ -132,16 +171,19 @@ Metadata parse_metadata(const ByteSource& src) {
   Metadata md;
   if (const Value* v = field(root, "version"); v && v->is(Kind::Str)) md.version = v->str;
 
-  std::unordered_map<std::string, const Value*> storage;
+  StorageIndex storage;
   if (sd) {
-    storage.reserve(sd->entries.size());
     for (const auto& [k, v] : sd->entries) {
       const Value* fqn = field(k, "fqn");
       if (!fqn || !fqn->is(Kind::Str)) bad("a storage_data key is not a MetadataIndex with an fqn");
+      StorageIndex::Item item;
+      item.info = v;
       const Value* off = field(k, "offset");
-      std::vector<uint64_t> offsets;
-      if (off && !off->is(Kind::None)) offsets = int_tuple(off, "MetadataIndex('" + fqn->str + "').offset");
-      storage.emplace(index_key(fqn->str, off && !off->is(Kind::None) ? &offsets : nullptr), v);
+      if (off && !off->is(Kind::None)) {
+        item.offsets = int_tuple(off, [&] { return "MetadataIndex('" + fqn->str + "').offset"; });
+        item.has_offset = true;
+      }
+      storage.by_fqn[fqn->str].items.push_back(std::move(item));
     }
   }
 
@@ -155,26 +197,33 @@ Metadata parse_metadata(const ByteSource& src) {
     const std::string what = "'" + e.fqn + "'";
     std::string kind = class_name(v);
     if (kind == "BytesStorageMetadata") {
-      auto it = storage.find(index_key(e.fqn, nullptr));
-      if (it == storage.end()) bad(what + ": bytes entry has no storage_data entry");
-      e.storage = storage_info(it->second, what);
+      const Value* info = storage.find(e.fqn, nullptr, 0);
+      if (!info) bad(what + ": bytes entry has no storage_data entry");
+      e.storage = storage_info(info, [&] { return what; });
     } else if (kind == "TensorStorageMetadata" || (v->is(Kind::Object) && field(v, "chunks"))) {
       e.is_tensor = true;
       e.torch_dtype = dtype_of(field(v, "properties"), e.fqn);
-      e.shape = int_tuple(field(v, "size"), what + " size");
+      e.shape = int_tuple(field(v, "size"), [&] { return what + " size"; });
       const Value* chunks = field(v, "chunks");
       if (!chunks || !(chunks->is(Kind::List) || chunks->is(Kind::Tuple))) bad(what + " has no chunks list");
-      std::set<std::pair<std::vector<uint64_t>, std::vector<uint64_t>>> boxes;
+      std::unordered_multimap<uint64_t, size_t> boxes;  // hash -> index in e.chunks
+      e.chunks.reserve(chunks->items.size());
       for (size_t i = 0; i < chunks->items.size(); ++i) {
         const Value* c = chunks->items[i];
-        const std::string cw = what + " chunk " + std::to_string(i);
+        auto cw = [&] { return what + " chunk " + std::to_string(i); };
         Chunk ch;
-        ch.box.offsets = int_tuple(field(c, "offsets"), cw + " offsets");
-        ch.box.sizes = int_tuple(field(c, "sizes"), cw + " sizes");
+        ch.box.offsets = int_tuple(field(c, "offsets"), [&] { return cw() + " offsets"; });
+        ch.box.sizes = int_tuple(field(c, "sizes"), [&] { return cw() + " sizes"; });
         // Replicas written more than once share one storage entry; keep the first.
-        if (!boxes.insert({ch.box.offsets, ch.box.sizes}).second) continue;
-        auto it = storage.find(index_key(e.fqn, &ch.box.offsets));
-        if (it == storage.end()) {
+        const uint64_t h = box_hash(ch.box);
+        bool replica = false;
+        for (auto [b, end] = boxes.equal_range(h); b != end && !replica; ++b) {
+          const Box& other = e.chunks[b->second].box;
+          replica = other.offsets == ch.box.offsets && other.sizes == ch.box.sizes;
+        }
+        if (replica) continue;
+        const Value* info = storage.find(e.fqn, &ch.box.offsets, i);
+        if (!info) {
           bool empty = std::any_of(ch.box.sizes.begin(), ch.box.sizes.end(), [](uint64_t s) { return s == 0; });
           if (empty) continue;  // zero-size shards hold no bytes; some writers skip their items
           bad(what + ": chunk " + std::to_string(i) + " at offsets " + [&] {
@@ -183,7 +232,8 @@ Metadata parse_metadata(const ByteSource& src) {
             return s + "]";
           }() + " has no storage_data entry");
         }
-        ch.storage = storage_info(it->second, cw);
+        ch.storage = storage_info(info, cw);
+        boxes.emplace(h, e.chunks.size());
         e.chunks.push_back(std::move(ch));
       }
       if (mcore && mcore->is(Kind::Dict))
