@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "fs/cli.h"
+#include "fs/progress.h"
 #include "fs/state.h"
 
 namespace nemofs {
@@ -74,7 +75,10 @@ int cmd_umount(const std::vector<std::string>& args) {
                  args[0].c_str());
     return kExitNotMounted;
   }
-  if (pid > 0) wait_for_exit(pid);
+  if (pid > 0) {
+    ProgressWatcher progress(mp);  // a writable .nemo commits now
+    wait_for_exit(pid);
+  }
   auto result = take_result(mp);
   if (!result) {
     std::printf("nemofs: %s: unmounted\n", args[0].c_str());
