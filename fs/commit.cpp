@@ -20,7 +20,7 @@
 namespace nemofs {
 namespace {
 
-constexpr uint64_t kChunk = 64ull << 20;
+constexpr uint64_t kChunk = 256ull << 20;
 
 [[noreturn]] void fail(const std::string& what, int err) {
   if (err == ENOSPC || err == EDQUOT)

@@ -350,6 +350,7 @@ void WritableBackend::apply_journal(const Journal& j) {
 WritableBackend::WNode& WritableBackend::node(Ino ino) {
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) throw FsError(ESTALE);
+  if (it->second->kind == Kind::View && !it->second->vtree) throw FsError(ESTALE);  // a view of an old archive
   return *it->second;
 }
 
@@ -670,8 +671,17 @@ void WritableBackend::set_size(WNode& n, uint64_t size) {
 // ---------------------------------------------------------------------------------------------
 // Operations.
 
+void WritableBackend::reap_retired(bool force) {
+  if (retired_.empty() && retired_fds_.empty()) return;
+  if (!force && std::chrono::steady_clock::now() - retired_at_ < std::chrono::seconds(2)) return;
+  retired_.clear();
+  for (int fd : retired_fds_) ::close(fd);
+  retired_fds_.clear();
+}
+
 Entry WritableBackend::lookup(Ino parent, std::string_view name) {
   std::lock_guard lk(mu_);
+  reap_retired();
   WNode& d = dir_node(parent);
   if (d.kind == Kind::View) {
     auto id = d.vtree->lookup(d.vid, name);
@@ -703,6 +713,7 @@ void WritableBackend::lookup_ref(Ino ino) {
 
 Entry WritableBackend::getattr(Ino ino) {
   std::lock_guard lk(mu_);
+  reap_retired();
   return entry_of(node(ino));
 }
 
@@ -744,6 +755,7 @@ void WritableBackend::readdir(Ino ino, uint64_t offset, const std::function<bool
 
 OpenResult WritableBackend::open(Ino ino, int flags) {
   std::lock_guard lk(mu_);
+  reap_retired();
   WNode& n = node(ino);
   bool writing = (flags & O_ACCMODE) != O_RDONLY;
   if (n.kind == Kind::Dir) throw FsError(EISDIR);
@@ -1114,6 +1126,7 @@ void WritableBackend::report_progress(uint64_t done, uint64_t total) {
 
 bool WritableBackend::commit_locked(std::string& message, bool final, int* err_out) {
   auto t0 = std::chrono::steady_clock::now();
+  reap_retired();
   const std::string target = opts_.output.empty() ? gen_->path : opts_.output;
   const std::string kept = "; " + gen_->path + " is unchanged and the edits are kept (" + overlay_.dir() + ")";
   Journal j = diff();
@@ -1302,7 +1315,20 @@ void WritableBackend::rebase_after_commit(int result_fd, const std::string& path
   auto g = make_generation(std::move(cp), path);
   auto old = gen_;
   retired_.push_back(old);
+  retired_at_ = std::chrono::steady_clock::now();
   gen_ = g;
+  // Views of the old archive go stale (ESTALE), so nothing but retired_ keeps it open.
+  for (auto& [ino, x] : nodes_) {
+    if (x->kind == Kind::View && x->vgen.get() == static_cast<void*>(old.get())) {
+      x->vgen.reset();
+      x->vtree = nullptr;
+      x->vstat = nullptr;
+    }
+  }
+  for (auto it = view_inos_.begin(); it != view_inos_.end();) {
+    if (it->first.first == static_cast<const void*>(&old->cp.tree)) it = view_inos_.erase(it);
+    else ++it;
+  }
   if (lock_fd_ >= 0) ::close(lock_fd_);
   lock_fd_ = result_fd;
   // Every live node now lies in the new archive (junk stays in the overlay).
@@ -1311,7 +1337,7 @@ void WritableBackend::rebase_after_commit(int result_fd, const std::string& path
     std::vector<Ino> kids;
     for (auto& [name, c] : n.children) kids.push_back(c.ino);
     for (Ino k : kids) {
-      WNode& c = node(k);
+      WNode& c = *nodes_.at(k);
       if (c.kind == Kind::View) {
         old_views.push_back(k);
         continue;
@@ -1334,8 +1360,7 @@ void WritableBackend::rebase_after_commit(int result_fd, const std::string& path
     n.mtime_ns = it->second.mtime_ns;
     if (n.kind == Kind::File) {
       if (n.fd >= 0) {
-        if (n.opens == 0) ::close(n.fd);
-        else retired_fds_.push_back(n.fd);  // reads in flight may still use it
+        retired_fds_.push_back(n.fd);  // replies in flight may still splice from it
         if (n.data >= 0) overlay_.remove_data(n.data);
         n.fd = -1;
         n.data = -1;
@@ -1347,8 +1372,7 @@ void WritableBackend::rebase_after_commit(int result_fd, const std::string& path
   };
   walk(node(kRootIno), "");
   for (Ino v : old_views) {
-    WNode& x = node(v);
-    detach(x);
+    detach(*nodes_.at(v));
   }
   // New views from the new archive's tree.
   const Tree& t = gen_->cp.tree;

@@ -24,6 +24,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -191,8 +192,13 @@ class WritableBackend final : public Backend {
   Overlay overlay_;
   std::mutex mu_;
   std::shared_ptr<Generation> gen_;
-  std::vector<std::shared_ptr<Generation>> retired_;  // old archives: fds stay valid for in-flight reads
-  std::vector<int> retired_fds_;                      // overlay fds of committed files
+  // After a commit while mounted: the old archive and the overlay fds of committed files stay open
+  // for a grace period, so that replies already handed an fd segment can still splice from it; then
+  // they are closed (the old archive's space is freed).
+  std::vector<std::shared_ptr<Generation>> retired_;
+  std::vector<int> retired_fds_;
+  std::chrono::steady_clock::time_point retired_at_{};
+  void reap_retired(bool force = false);
   int lock_fd_ = -1;                                  // flock'ed archive
   std::unordered_map<Ino, std::unique_ptr<WNode>> nodes_;
   std::map<std::pair<const void*, NodeId>, Ino> view_inos_;
