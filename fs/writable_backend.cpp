@@ -1100,6 +1100,9 @@ void WritableBackend::destroy() {
   int err = 0;
   outcome_ok_ = commit_locked(msg, true, &err);
   outcome_ = msg;
+  // The mount is over: a new writable mount may start as soon as the outcome is known.
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  lock_fd_ = -1;
   if (outcome_ok_) {
     // Left: at most junk, which is not kept past the mount.
     try {
