@@ -81,7 +81,7 @@ std::string SubSource::describe() const {
 }
 
 size_t MemorySource::read_at(uint64_t off, void* buf, size_t len) const {
-  if (off >= bytes_.size()) return 0;
+  if (off >= bytes_.size() || len == 0) return 0;
   len = static_cast<size_t>(std::min<uint64_t>(len, bytes_.size() - off));
   std::memcpy(buf, bytes_.data() + off, len);
   return len;
