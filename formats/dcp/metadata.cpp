@@ -30,7 +30,7 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 // The class name of an Object (after the last '.'), "" otherwise.
 std::string class_name(const Value* v) {
   if (!v || !v->is(Kind::Object) || !v->cls || !v->cls->is(Kind::Global)) return {};
-  return v->cls->name;
+  return v->cls->name();
 }
 
 // A dataclass instance's fields: the BUILD state dict, or the dict half of a (dict, slots) tuple.
@@ -86,7 +86,7 @@ std::string dtype_of(const Value* props, const std::string& fqn) {
   if (!d->is(Kind::Global) || d->tag != pickle::Tag::TorchDtype)
     bad("tensor '" + fqn + "' has dtype " + (d->is(Kind::Global) ? d->qualified_name() : "of an unknown kind") +
         ", not a torch dtype");
-  return d->dtype;
+  return d->dtype();
 }
 
 template <typename W>
