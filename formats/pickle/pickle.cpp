@@ -410,10 +410,36 @@ class Machine {
   [[noreturn]] void fail(const std::string& msg) const { throw FormatError(kFmt, op_at_, msg); }
 
   Value* make(Kind k) { return arena_->make(k); }
+  // Immutable leaves (None, bools, small ints, the empty tuple) are made once per stream and
+  // shared, as CPython shares them; Arena::size() still counts every use.
+  Value* shared(Value*& slot, Kind k) {
+    if (!slot) return slot = make(k);
+    arena_->count_shared();
+    return slot;
+  }
   Value* make_int(int64_t v) {
+    if (v >= kSmallIntMin && v < kSmallIntEnd) {
+      if (small_ints_.empty()) small_ints_.resize(kSmallIntEnd - kSmallIntMin, nullptr);
+      Value*& slot = small_ints_[static_cast<size_t>(v - kSmallIntMin)];
+      if (!slot) {
+        slot = make(Kind::Int);
+        slot->i = v;
+        return slot;
+      }
+      arena_->count_shared();
+      return slot;
+    }
     Value* x = make(Kind::Int);
     x->i = v;
     return x;
+  }
+  Value* make_bool(bool b) {
+    Value* v = shared(b ? true_ : false_, Kind::Bool);
+    v->b = b;
+    return v;
+  }
+  static bool is_shared_leaf(const Value* v) {
+    return v->is(Kind::None) || v->is(Kind::Bool) || v->is(Kind::Int) || (v->is(Kind::Tuple) && v->items.empty());
   }
   Value* make_str(Text s) {
     Value* x = make(Kind::Str);
@@ -535,6 +561,12 @@ class Machine {
   std::vector<Value*> stack_;
   std::vector<size_t> marks_;
   std::vector<Value*> scratch_;
+  static constexpr int64_t kSmallIntMin = -256, kSmallIntEnd = 4096;
+  std::vector<Value*> small_ints_;
+  Value* none_ = nullptr;
+  Value* true_ = nullptr;
+  Value* false_ = nullptr;
+  Value* empty_tuple_ = nullptr;
   std::vector<Value*> memo_;
   size_t memo_count_ = 0;
   std::unordered_map<std::string, Value*> globals_;
@@ -935,9 +967,7 @@ Document Machine::run() {
       case 'I': {
         std::string s = in_.line(limits_.max_line, op_at_, op_);
         if (s == "00" || s == "01") {
-          Value* v = make(Kind::Bool);
-          v->b = s == "01";
-          push(v);
+          push(make_bool(s == "01"));
         } else {
           push(int_from_decimal(s));
         }
@@ -1060,20 +1090,17 @@ Document Machine::run() {
         break;
       }
       case 'N':
-        push(make(Kind::None));
+        push(shared(none_, Kind::None));
         break;
       case 0x88:
-      case 0x89: {
-        Value* v = make(Kind::Bool);
-        v->b = op_ == 0x88;
-        push(v);
+      case 0x89:
+        push(make_bool(op_ == 0x88));
         break;
-      }
       case ']':
         push(make(Kind::List));
         break;
       case ')':
-        push(make(Kind::Tuple));
+        push(shared(empty_tuple_, Kind::Tuple));
         break;
       case '}':
         push(make(Kind::Dict));
@@ -1227,6 +1254,13 @@ Document Machine::run() {
         need_stack(2);
         Value* state = pop();
         Value* obj = top();
+        if (is_shared_leaf(obj)) {
+          // BUILD on a leaf only records a state nobody reads; a private copy keeps it off the
+          // shared value.
+          Value* copy = make(obj->kind);
+          *copy = *obj;
+          stack_.back() = obj = copy;
+        }
         if (obj->is(Kind::Object) && obj->state && obj->state->is(Kind::Dict) && state->is(Kind::Dict) &&
             obj->state != state) {
           Value* merged = make(Kind::Dict);
@@ -1416,7 +1450,19 @@ Arena::~Arena() {
 // (malloc would keep them in its heap).
 Arena::Block Arena::grab(size_t bytes) {
   void* p;
-  if (bytes >= kMapped) {
+  constexpr size_t kHuge = 2 << 20;
+  if (bytes >= kHuge && bytes % kHuge == 0) {
+    // 2 MiB aligned and marked for transparent huge pages: far fewer page faults to fill it.
+    const size_t len = bytes + kHuge;
+    void* raw = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    const auto r = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t a = (r + kHuge - 1) & ~(kHuge - 1);
+    if (a > r) ::munmap(raw, a - r);
+    if (r + len > a + bytes) ::munmap(reinterpret_cast<void*>(a + bytes), r + len - (a + bytes));
+    p = reinterpret_cast<void*>(a);
+    ::madvise(p, bytes, MADV_HUGEPAGE);
+  } else if (bytes >= kMapped) {
     p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
   } else {
@@ -1444,7 +1490,6 @@ void* Arena::alloc_slow(size_t n, size_t align) {
 
 void Arena::new_value_block() {
   size_t bytes = vblocks_.empty() ? kFirstBlock : std::min(vblocks_.back().size * 2, kMaxBlock);
-  bytes = bytes / sizeof(Value) * sizeof(Value);
   vblocks_.push_back(grab(bytes));
   vused_ = 0;
   vcap_ = bytes / sizeof(Value);

@@ -220,8 +220,9 @@ class Arena {
     dst.cap_ = src.size_;  // an append to dst copies first
   }
 
-  // Number of Values made.
+  // Number of Values made (a shared leaf counts each time it is used).
   size_t size() const { return values_; }
+  void count_shared() { ++values_; }
   template <typename F>
   void for_each(F&& f) const {
     for (size_t b = 0; b < vblocks_.size(); ++b) {
