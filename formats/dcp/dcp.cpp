@@ -1,6 +1,7 @@
 #include "formats/dcp/dcp.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <map>
 #include <unordered_map>
@@ -259,6 +260,12 @@ void put_string(std::string& out, std::string_view s) {
   out += nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+void put_uint(std::string& out, uint64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
 // A list of numbers as nlohmann's dump(2) writes it at `indent` spaces.
 void put_dims(std::string& out, const std::vector<uint64_t>& v, size_t indent) {
   if (v.empty()) {
@@ -268,7 +275,7 @@ void put_dims(std::string& out, const std::vector<uint64_t>& v, size_t indent) {
   out += "[\n";
   for (size_t i = 0; i < v.size(); ++i) {
     out.append(indent + 2, ' ');
-    out += std::to_string(v[i]);
+    put_uint(out, v[i]);
     out += i + 1 < v.size() ? ",\n" : "\n";
   }
   out.append(indent, ' ');
@@ -280,8 +287,10 @@ void put_dims(std::string& out, const std::vector<uint64_t>& v, size_t indent) {
 std::string sidecar_text(const Entry& e, const char* dtype, uint64_t elem_bytes, uint64_t nbytes) {
   // Keys in the order nlohmann::json (a sorted map) writes them; the bytes are exactly
   // json_file_body(sidecar_json(meta)) of the TensorMeta this describes (a unit test checks).
-  std::string out = "{\n";
+  std::string out;
   const bool list = e.chunks.size() <= kSidecarChunkLimit;
+  out.reserve(256 + (list ? e.chunks.size() * (140 + 2 * 12 * e.shape.size()) : 0));
+  out += "{\n";
   size_t nonempty = 0;
   if (list) out += "  \"chunks\": ";
   for (const Chunk& c : e.chunks) {
@@ -294,9 +303,9 @@ std::string sidecar_text(const Entry& e, const char* dtype, uint64_t elem_bytes,
     out += "    {\n      \"file\": ";
     put_string(out, c.storage.file);
     out += ",\n      \"length\": ";
-    out += std::to_string(c.storage.length);
+    put_uint(out, c.storage.length);
     out += ",\n      \"offset\": ";
-    out += std::to_string(c.storage.offset);
+    put_uint(out, c.storage.offset);
     out += ",\n      \"offsets\": ";
     put_dims(out, c.box.offsets, 6);
     out += ",\n      \"sizes\": ";

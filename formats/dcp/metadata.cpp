@@ -5,7 +5,7 @@
 #include <optional>
 #include <string_view>
 #include <unordered_map>
-#include <set>
+#include <unordered_set>
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
@@ -143,6 +143,24 @@ struct StorageIndex {
   }
 };
 
+// Value::get (first entry with that str key) for many lookups in one big dict.
+class DictIndex {
+ public:
+  explicit DictIndex(const Value* d) {
+    if (!d || !d->is(Kind::Dict)) return;
+    map_.reserve(d->entries.size());
+    for (const auto& [k, v] : d->entries)
+      if (k->is(Kind::Str)) map_.emplace(std::string_view(k->str), v);  // keeps the first
+  }
+  const Value* get(std::string_view key) const {
+    auto it = map_.find(key);
+    return it == map_.end() ? nullptr : it->second;
+  }
+
+ private:
+  std::unordered_map<std::string_view, const Value*> map_;
+};
+
 uint64_t box_hash(const Box& b) {
   uint64_t h = 1469598103934665603ull;
   for (const auto* v : {&b.offsets, &b.sizes})
@@ -187,13 +205,16 @@ Metadata parse_metadata(const ByteSource& src) {
     }
   }
 
-  std::set<std::string> seen;
+  std::unordered_set<std::string_view> seen;
+  seen.reserve(sdm->entries.size());
+  const DictIndex planner(pd);
+  const DictIndex mcore_index(mcore);
   md.entries.reserve(sdm->entries.size());
   for (const auto& [k, v] : sdm->entries) {
     if (!k->is(Kind::Str)) bad("a state_dict_metadata key is not a str");
     Entry e;
     e.fqn = k->str;
-    if (!seen.insert(e.fqn).second) bad("key '" + e.fqn + "' appears twice");
+    if (!seen.insert(std::string_view(k->str)).second) bad("key '" + e.fqn + "' appears twice");
     const std::string what = "'" + e.fqn + "'";
     std::string kind = class_name(v);
     if (kind == "BytesStorageMetadata") {
@@ -237,13 +258,13 @@ Metadata parse_metadata(const ByteSource& src) {
         e.chunks.push_back(std::move(ch));
       }
       if (mcore && mcore->is(Kind::Dict))
-        if (const Value* m = mcore->get(e.fqn))
+        if (const Value* m = mcore_index.get(e.fqn))
           if (const Value* o = m->get("nd_reformulated_orig_global_shape")) e.mcore_orig_shape = pickle::to_json(*o);
     } else {
       bad(what + ": unknown storage metadata " + (v->is(Kind::Object) ? v->qualified_name() : "value"));
     }
     if (pd) {
-      if (const Value* p = pd->get(e.fqn); p && (p->is(Kind::Tuple) || p->is(Kind::List)) && !p->items.empty()) {
+      if (const Value* p = planner.get(e.fqn); p && (p->is(Kind::Tuple) || p->is(Kind::List)) && !p->items.empty()) {
         std::vector<PathElem> path;
         bool ok = true;
         for (const Value* x : p->items) {

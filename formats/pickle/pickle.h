@@ -143,8 +143,10 @@ struct Value {
   Tag tag = Tag::Unknown;  // Global: allowlist tag; Object: tag of its class when it is a Global
   bool b = false;          // Bool
   uint32_t depth = 1;      // nesting depth at construction time (limit check)
-  int64_t i = 0;           // Int
-  double f = 0;            // Float
+  union {
+    int64_t i = 0;         // Int
+    double f;              // Float
+  };
   Text str;                // Str (UTF-8), Bytes (raw), BigInt (decimal, leading '-'), Global (module)
   Seq<Value*> items;       // List, Tuple, Set, FrozenSet; Object: args
   Seq<Item> entries;       // Dict; Object: dictitems (SETITEM(S))
