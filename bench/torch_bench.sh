@@ -98,7 +98,7 @@ for ((r = 0; r < RUNS; r++)); do
     daemon=$(ps -eo pid=,rss=,args= | awk -v m="$MNT" '$0 ~ " mount " && index($0, m) {print $2; exit}')
     n=$(ls "$MNT" | wc -l)
     t4=$(now)
-    "$bin" umount "$MNT"
+    "$bin" umount "$MNT" >/dev/null
     t5=$(now)
     if [ "$n" -ne $((2 * TENSORS)) ]; then
       echo "torch_bench: $bin shows $n entries, expected $((2 * TENSORS))" >&2
