@@ -1,6 +1,7 @@
 #include "formats/dcp/dcp.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <map>
 #include <unordered_map>
@@ -19,8 +20,6 @@ using pickle::Kind;
 using pickle::Value;
 
 constexpr const char* kFmt = "dcp";
-// Tensors with more chunks than this list only "chunk_count" in their sidecar.
-constexpr size_t kSidecarChunkLimit = 1024;
 
 std::string dims_text(const std::vector<uint64_t>& v) {
   std::string s = "[";
@@ -131,6 +130,8 @@ std::shared_ptr<torch::TorchFile> load_object(const SourcePtr& src) {
 struct ONode {
   const Entry* entry = nullptr;                 // leaf
   SourcePtr tensor;                             // tensor leaf: the assembled bytes
+  std::string sidecar;                          // tensor leaf: its `.json` body
+  uint64_t nbytes = 0;                          // tensor leaf: dtype x shape
   std::shared_ptr<torch::TorchFile> object;     // bytes leaf
   bool leaf_tensors = false;                    // bytes leaf whose object holds tensors
   std::vector<std::pair<PathElem, std::unique_ptr<ONode>>> kids;
@@ -200,16 +201,26 @@ void add_json_file(Tree& tree, NodeId dir, const std::string& key, const nlohman
                 std::make_shared<MemorySource>(j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", name));
 }
 
-void emit(Tree& tree, NodeId dir, const ONode& n, const std::map<const Entry*, TensorMeta>& metas,
-          pickle::RenderBudget& budget) {
-  for (const auto& [p, k] : n.kids) {
+// add_tensor() with the sidecar already rendered.
+void add_tensor_file(Tree& tree, NodeId dir, const std::string& key, ONode& leaf) {
+  if (leaf.tensor->size() != leaf.nbytes)
+    throw FormatError("tensor", "tensor '" + key + "' has " + std::to_string(leaf.tensor->size()) +
+                                    " bytes but dtype and shape say " + std::to_string(leaf.nbytes));
+  std::string name = escape_key(key);
+  tree.add_file(dir, name, std::move(leaf.tensor));
+  name += ".json";
+  tree.add_file(dir, name, std::make_shared<MemorySource>(std::move(leaf.sidecar), name));
+}
+
+void emit(Tree& tree, NodeId dir, ONode& n, pickle::RenderBudget& budget) {
+  for (auto& [p, k] : n.kids) {
     const std::string name = elem_name(p);
     if (k->is_leaf() && k->entry->is_tensor) {
-      add_tensor(tree, dir, name, k->tensor, metas.at(k->entry));
+      add_tensor_file(tree, dir, name, *k);
     } else if (k->is_leaf() && k->leaf_tensors) {
       torch::build_torch_tree(tree, tree.add_dir(dir, escape_key(name)), *k->object);
     } else if (k->has_tensor) {
-      emit(tree, tree.add_dir(dir, escape_key(name)), *k, metas, budget);
+      emit(tree, tree.add_dir(dir, escape_key(name)), *k, budget);
     } else {
       add_json_file(tree, dir, name, render(*k, budget));
     }
@@ -230,7 +241,101 @@ void merge_into(Tree& dst, NodeId to, const Tree& src, NodeId from) {
   }
 }
 
+// A string as nlohmann::json dumps it (quoted, escaped, invalid UTF-8 replaced).
+void put_string(std::string& out, std::string_view s) {
+  bool plain = true;
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u >= 0x7F || c == '"' || c == '\\') {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) {
+    out += '"';
+    out.append(s);
+    out += '"';
+    return;
+  }
+  out += nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+void put_uint(std::string& out, uint64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+// A list of numbers as nlohmann's dump(2) writes it at `indent` spaces.
+void put_dims(std::string& out, const std::vector<uint64_t>& v, size_t indent) {
+  if (v.empty()) {
+    out += "[]";
+    return;
+  }
+  out += "[\n";
+  for (size_t i = 0; i < v.size(); ++i) {
+    out.append(indent + 2, ' ');
+    put_uint(out, v[i]);
+    out += i + 1 < v.size() ? ",\n" : "\n";
+  }
+  out.append(indent, ' ');
+  out += ']';
+}
+
 }  // namespace
+
+std::string sidecar_text(const Entry& e, const char* dtype, uint64_t elem_bytes, uint64_t nbytes) {
+  // Keys in the order nlohmann::json (a sorted map) writes them; the bytes are exactly
+  // json_file_body(sidecar_json(meta)) of the TensorMeta this describes (a unit test checks).
+  std::string out;
+  const bool list = e.chunks.size() <= kSidecarChunkLimit;
+  out.reserve(256 + (list ? e.chunks.size() * (140 + 2 * 12 * e.shape.size()) : 0));
+  out += "{\n";
+  size_t nonempty = 0;
+  if (list) out += "  \"chunks\": ";
+  for (const Chunk& c : e.chunks) {
+    uint64_t vol = elem_bytes;
+    for (uint64_t s : c.box.sizes) vol *= s;
+    if (vol == 0) continue;
+    ++nonempty;
+    if (!list) continue;
+    out += nonempty == 1 ? "[\n" : ",\n";
+    out += "    {\n      \"file\": ";
+    put_string(out, c.storage.file);
+    out += ",\n      \"length\": ";
+    put_uint(out, c.storage.length);
+    out += ",\n      \"offset\": ";
+    put_uint(out, c.storage.offset);
+    out += ",\n      \"offsets\": ";
+    put_dims(out, c.box.offsets, 6);
+    out += ",\n      \"sizes\": ";
+    put_dims(out, c.box.sizes, 6);
+    out += "\n    }";
+  }
+  if (list) out += nonempty ? "\n  ],\n" : "[],\n";
+  else out += "  \"chunk_count\": " + std::to_string(nonempty) + ",\n";
+  out += "  \"dtype\": ";
+  put_string(out, dtype);
+  out += ",\n  \"fqn\": ";
+  put_string(out, e.fqn);
+  out += ",\n";
+  if (e.mcore_orig_shape) {
+    // (the round trip through text is what the nlohmann-built sidecar did, errors included)
+    std::string v = nlohmann::json::parse(e.mcore_orig_shape->dump()).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+    out += "  \"mcore_nd_reformulated_orig_global_shape\": ";
+    for (char c : v) {
+      out += c;
+      if (c == '\n') out += "  ";  // one level deeper than a standalone dump
+    }
+    out += ",\n";
+  }
+  out += "  \"nbytes\": " + std::to_string(nbytes) + ",\n  \"shape\": ";
+  put_dims(out, e.shape, 2);
+  out += ",\n  \"source\": \"dcp\",\n  \"torch_dtype\": ";
+  put_string(out, e.torch_dtype);
+  out += "\n}\n";
+  return out;
+}
 
 void build_dcp(Tree& tree, NodeId dir, const FileSet& files) {
   SourcePtr meta_src = files.open(".metadata");
@@ -257,7 +362,7 @@ void build_dcp(Tree& tree, NodeId dir, const FileSet& files) {
     place(root, leaves, md.entries, false);
   }
 
-  std::map<const Entry*, TensorMeta> metas;
+  std::vector<Box> boxes;
   for (ONode* leaf : leaves) {
     const Entry& e = *leaf->entry;
     const std::string what = "'" + e.fqn + "'";
@@ -273,22 +378,16 @@ void build_dcp(Tree& tree, NodeId dir, const FileSet& files) {
     if (!dt || dt->bits % 8 != 0)
       throw FormatError(kFmt, what + ": torch dtype " + e.torch_dtype + " cannot be shown as raw bytes");
     const uint64_t elem = dt->bits / 8;
-    std::vector<Box> boxes;
+    boxes.clear();
     boxes.reserve(e.chunks.size());
     for (const Chunk& c : e.chunks) boxes.push_back(c.box);
     validate_tiling(e.shape, boxes, what);
-
-    TensorMeta meta;
-    meta.dtype = dt->name;
-    meta.shape = e.shape;
-    meta.nbytes = tensor_nbytes(*dt, e.shape, kFmt, std::nullopt);
-    meta.extra["source"] = "dcp";
-    meta.extra["fqn"] = e.fqn;
-    meta.extra["torch_dtype"] = e.torch_dtype;
-    if (e.mcore_orig_shape) meta.extra["mcore_nd_reformulated_orig_global_shape"] = nlohmann::json::parse(e.mcore_orig_shape->dump());
-    auto sidecar_chunks = nlohmann::json::array();
+    const uint64_t nbytes = tensor_nbytes(*dt, e.shape, kFmt, std::nullopt);
+    leaf->sidecar = sidecar_text(e, dt->name, elem, nbytes);
+    leaf->nbytes = nbytes;
 
     std::vector<ShardChunk> chunks;
+    chunks.reserve(e.chunks.size());
     for (size_t i = 0; i < e.chunks.size(); ++i) {
       const Chunk& c = e.chunks[i];
       uint64_t vol = elem;
@@ -315,33 +414,24 @@ void build_dcp(Tree& tree, NodeId dir, const FileSet& files) {
         };
       }
       chunks.push_back(std::move(sc));
-      if (e.chunks.size() <= kSidecarChunkLimit)
-        sidecar_chunks.push_back({{"offsets", c.box.offsets},
-                                  {"sizes", c.box.sizes},
-                                  {"file", c.storage.file},
-                                  {"offset", c.storage.offset},
-                                  {"length", c.storage.length}});
     }
-    if (e.chunks.size() <= kSidecarChunkLimit) meta.extra["chunks"] = std::move(sidecar_chunks);
-    else meta.extra["chunk_count"] = chunks.size();
 
     if (eager && chunks.size() == 1 && [&] {
           const Box& b = chunks[0].box;
           return b.sizes == e.shape;
         }()) {
       leaf->tensor = chunks[0].open();  // a whole tensor in one chunk: its own source (zero-copy)
-      if (leaf->tensor->size() != meta.nbytes)
+      if (leaf->tensor->size() != nbytes)
         throw FormatError(kFmt, what + ": chunk holds " + std::to_string(leaf->tensor->size()) + " bytes, expected " +
-                                    std::to_string(meta.nbytes));
+                                    std::to_string(nbytes));
     } else {
       leaf->tensor = std::make_shared<ShardedTensorSource>(e.shape, elem, std::move(chunks), files.describe() + ": " + what);
     }
-    metas.emplace(&e, std::move(meta));
   }
 
   mark_tensors(root);
   pickle::RenderBudget budget;
-  emit(tree, dir, root, metas, budget);
+  emit(tree, dir, root, budget);
 
   // Lightning (meta.pt) and Megatron (common.pt) keep the non-sharded part of the checkpoint
   // beside the DCP files; loaders merge it with the sharded state.

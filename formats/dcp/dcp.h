@@ -110,10 +110,16 @@ struct Metadata {
 };
 
 constexpr size_t kEagerChunkLimit = 4096;
+// Tensors with more chunks than this list only "chunk_count" in their sidecar.
+constexpr size_t kSidecarChunkLimit = 1024;
 
 // Parses a .metadata pickle. Throws FormatError("dcp", ...) for anything that is not a DCP
 // Metadata (wrong class, missing fields, a chunk without a storage entry, bad dtype).
 Metadata parse_metadata(const ByteSource& src);
+
+// The sidecar (`<tensor>.json` body) of a tensor entry whose dtype is `dtype` (safetensors name,
+// elements of elem_bytes) and size nbytes: the keys listed in the header comment.
+std::string sidecar_text(const Entry& e, const char* dtype, uint64_t elem_bytes, uint64_t nbytes);
 
 // Builds the tree of a DCP folder under `dir`. Throws FormatError / IoError.
 void build_dcp(Tree& tree, NodeId dir, const FileSet& files);

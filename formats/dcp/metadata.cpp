@@ -5,7 +5,7 @@
 #include <optional>
 #include <string_view>
 #include <unordered_map>
-#include <set>
+#include <unordered_set>
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
@@ -30,7 +30,7 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 // The class name of an Object (after the last '.'), "" otherwise.
 std::string class_name(const Value* v) {
   if (!v || !v->is(Kind::Object) || !v->cls || !v->cls->is(Kind::Global)) return {};
-  return v->cls->name;
+  return v->cls->name();
 }
 
 // A dataclass instance's fields: the BUILD state dict, or the dict half of a (dict, slots) tuple.
@@ -86,7 +86,7 @@ std::string dtype_of(const Value* props, const std::string& fqn) {
   if (!d->is(Kind::Global) || d->tag != pickle::Tag::TorchDtype)
     bad("tensor '" + fqn + "' has dtype " + (d->is(Kind::Global) ? d->qualified_name() : "of an unknown kind") +
         ", not a torch dtype");
-  return d->dtype;
+  return d->dtype();
 }
 
 template <typename W>
@@ -143,6 +143,24 @@ struct StorageIndex {
   }
 };
 
+// Value::get (first entry with that str key) for many lookups in one big dict.
+class DictIndex {
+ public:
+  explicit DictIndex(const Value* d) {
+    if (!d || !d->is(Kind::Dict)) return;
+    map_.reserve(d->entries.size());
+    for (const auto& [k, v] : d->entries)
+      if (k->is(Kind::Str)) map_.emplace(std::string_view(k->str), v);  // keeps the first
+  }
+  const Value* get(std::string_view key) const {
+    auto it = map_.find(key);
+    return it == map_.end() ? nullptr : it->second;
+  }
+
+ private:
+  std::unordered_map<std::string_view, const Value*> map_;
+};
+
 uint64_t box_hash(const Box& b) {
   uint64_t h = 1469598103934665603ull;
   for (const auto* v : {&b.offsets, &b.sizes})
@@ -187,13 +205,16 @@ Metadata parse_metadata(const ByteSource& src) {
     }
   }
 
-  std::set<std::string> seen;
+  std::unordered_set<std::string_view> seen;
+  seen.reserve(sdm->entries.size());
+  const DictIndex planner(pd);
+  const DictIndex mcore_index(mcore);
   md.entries.reserve(sdm->entries.size());
   for (const auto& [k, v] : sdm->entries) {
     if (!k->is(Kind::Str)) bad("a state_dict_metadata key is not a str");
     Entry e;
     e.fqn = k->str;
-    if (!seen.insert(e.fqn).second) bad("key '" + e.fqn + "' appears twice");
+    if (!seen.insert(std::string_view(k->str)).second) bad("key '" + e.fqn + "' appears twice");
     const std::string what = "'" + e.fqn + "'";
     std::string kind = class_name(v);
     if (kind == "BytesStorageMetadata") {
@@ -237,13 +258,13 @@ Metadata parse_metadata(const ByteSource& src) {
         e.chunks.push_back(std::move(ch));
       }
       if (mcore && mcore->is(Kind::Dict))
-        if (const Value* m = mcore->get(e.fqn))
+        if (const Value* m = mcore_index.get(e.fqn))
           if (const Value* o = m->get("nd_reformulated_orig_global_shape")) e.mcore_orig_shape = pickle::to_json(*o);
     } else {
       bad(what + ": unknown storage metadata " + (v->is(Kind::Object) ? v->qualified_name() : "value"));
     }
     if (pd) {
-      if (const Value* p = pd->get(e.fqn); p && (p->is(Kind::Tuple) || p->is(Kind::List)) && !p->items.empty()) {
+      if (const Value* p = planner.get(e.fqn); p && (p->is(Kind::Tuple) || p->is(Kind::List)) && !p->items.empty()) {
         std::vector<PathElem> path;
         bool ok = true;
         for (const Value* x : p->items) {

@@ -1,5 +1,7 @@
 #include "formats/pickle/pickle.h"
 
+#include <sys/mman.h>
+
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -351,6 +353,12 @@ class Reader {
     copy(s.data(), n);
     return s;
   }
+  Text take(size_t n, Arena& arena) {
+    if (n == 0) return {};
+    char* p = arena.text_buffer(n);
+    copy(p, n);
+    return std::string_view(p, n);
+  }
 
   void skip(uint64_t n) { pos_ += n; }
 
@@ -402,20 +410,56 @@ class Machine {
   [[noreturn]] void fail(const std::string& msg) const { throw FormatError(kFmt, op_at_, msg); }
 
   Value* make(Kind k) { return arena_->make(k); }
+  // Immutable leaves (None, bools, small ints, the empty tuple) are made once per stream and
+  // shared, as CPython shares them; Arena::size() still counts every use.
+  Value* shared(Value*& slot, Kind k) {
+    if (!slot) return slot = make(k);
+    arena_->count_shared();
+    return slot;
+  }
   Value* make_int(int64_t v) {
+    if (v >= kSmallIntMin && v < kSmallIntEnd) {
+      if (small_ints_.empty()) small_ints_.resize(kSmallIntEnd - kSmallIntMin, nullptr);
+      Value*& slot = small_ints_[static_cast<size_t>(v - kSmallIntMin)];
+      if (!slot) {
+        slot = make(Kind::Int);
+        slot->i = v;
+        return slot;
+      }
+      arena_->count_shared();
+      return slot;
+    }
     Value* x = make(Kind::Int);
     x->i = v;
     return x;
   }
-  Value* make_str(std::string s) {
+  Value* make_bool(bool b) {
+    Value* v = shared(b ? true_ : false_, Kind::Bool);
+    v->b = b;
+    return v;
+  }
+  static bool is_shared_leaf(const Value* v) {
+    return v->is(Kind::None) || v->is(Kind::Bool) || v->is(Kind::Int) || (v->is(Kind::Tuple) && v->items.empty());
+  }
+  Value* make_str(Text s) {
     Value* x = make(Kind::Str);
-    x->str = std::move(s);
+    x->str = s;
     return x;
   }
-  Value* make_bytes(std::string s) {
+  Value* make_str(std::string_view s) { return make_str(Text(arena_->text(s))); }
+  Value* make_bytes(Text s) {
     Value* x = make(Kind::Bytes);
-    x->str = std::move(s);
+    x->str = s;
     return x;
+  }
+  Value* make_bytes(std::string_view s) { return make_bytes(Text(arena_->text(s))); }
+  ValueExtra& extra(Value* v) {
+    if (!v->extra) v->extra = arena_->make_extra();
+    return *v->extra;
+  }
+  template <typename T>
+  void append(Seq<T>& dst, const T* src, size_t n) {
+    if (!arena_->append(dst, src, n)) fail("container has more than 4294967295 items");
   }
 
   void push(Value* v) {
@@ -439,14 +483,16 @@ class Machine {
     need_stack(1);
     return stack_.back();
   }
-  std::vector<Value*> pop_mark() {
+  // The values above the last MARK stay on the stack (callers read them at [base, size()) and
+  // then drop them with stack_.resize(base)); returns base.
+  size_t pop_mark() {
     if (marks_.empty()) fail(std::string("MARK missing: ") + opname(op_) + " needs a MARK on the stack");
     size_t base = marks_.back();
     marks_.pop_back();
-    std::vector<Value*> items(stack_.begin() + static_cast<std::ptrdiff_t>(base), stack_.end());
-    stack_.resize(base);
-    return items;
+    return base;
   }
+  Value* const* from(size_t base) const { return stack_.data() + base; }
+  size_t above(size_t base) const { return stack_.size() - base; }
 
   void nest(Value* container, const Value* item) {
     uint32_t d = item->depth + 1;
@@ -455,11 +501,23 @@ class Machine {
       container->depth = d;
     }
   }
-  Value* make_seq(Kind k, std::vector<Value*> items) {
+  Value* make_seq(Kind k, Value* const* items, size_t n) {
+    Value* v = make(k);
+    for (size_t i = 0; i < n; ++i) nest(v, items[i]);
+    append(v->items, items, n);
+    return v;
+  }
+  // A new sequence with the same items (they are append-only arrays, so the new one shares them).
+  Value* make_seq(Kind k, const Seq<Value*>& items) {
     Value* v = make(k);
     for (Value* it : items) nest(v, it);
-    v->items = std::move(items);
+    Arena::share(v->items, items);
     return v;
+  }
+  // The arguments of a call as a tuple: the tuple itself, or a tuple copy of a list.
+  Value* args_tuple(Value* v) {
+    if (v->is(Kind::Tuple)) return v;
+    return make_seq(Kind::Tuple, seq_items(v));
   }
 
   void memo_put(uint64_t idx) {
@@ -490,9 +548,9 @@ class Machine {
   Value* resolve_global_uncached(std::string module, std::string name);
   Value* call(Value* callable, Value* args, Value* kwargs, bool newobj);
   Value* encode(const Value* s, const Value* enc);
-  std::vector<Value*> seq_items(Value* v) const;
-  void add_items(Value* target, std::vector<Value*> items);
-  void set_items(Value* target, std::vector<Value*> kv);
+  const Seq<Value*>& seq_items(Value* v) const;
+  void add_items(Value* target, Value* const* items, size_t n);
+  void set_items(Value* target, Value* const* kv, size_t n);
   std::string decode_string_escape(const std::string& quoted);
   std::string decode_raw_unicode_escape(const std::string& raw);
 
@@ -502,6 +560,13 @@ class Machine {
   uint64_t input_len_ = 0;
   std::vector<Value*> stack_;
   std::vector<size_t> marks_;
+  std::vector<Value*> scratch_;
+  static constexpr int64_t kSmallIntMin = -256, kSmallIntEnd = 4096;
+  std::vector<Value*> small_ints_;
+  Value* none_ = nullptr;
+  Value* true_ = nullptr;
+  Value* false_ = nullptr;
+  Value* empty_tuple_ = nullptr;
   std::vector<Value*> memo_;
   size_t memo_count_ = 0;
   std::unordered_map<std::string, Value*> globals_;
@@ -527,7 +592,7 @@ Value* Machine::int_from_decimal(std::string text) {
   if (r.ec == std::errc() && r.ptr == text.data() + text.size()) return make_int(v);
   while (i + 1 < text.size() && text[i] == '0') ++i;
   Value* x = make(Kind::BigInt);
-  x->str = (neg ? "-" : "") + text.substr(i);
+  x->str = arena_->text((neg ? "-" : "") + text.substr(i));
   return x;
 }
 
@@ -552,7 +617,7 @@ Value* Machine::int_from_le(const std::string& bytes) {
   std::vector<uint32_t> limbs((mag.size() + 3) / 4, 0);
   for (size_t k = 0; k < mag.size(); ++k) limbs[limbs.size() - 1 - k / 4] |= static_cast<uint32_t>(mag[k]) << (8 * (k % 4));
   Value* x = make(Kind::BigInt);
-  x->str = limbs_to_decimal(std::move(limbs), neg);
+  x->str = arena_->text(limbs_to_decimal(std::move(limbs), neg));
   return x;
 }
 
@@ -589,31 +654,31 @@ Value* Machine::resolve_global_uncached(std::string module, std::string name) {
     for (const auto& s : kStorageClasses)
       if (name == s.name) {
         g->tag = Tag::TypedStorage;
-        g->dtype = s.dtype;
+        extra(g).dtype = Text(s.dtype);
       }
     if (module == "torch") {
       for (const char* d : kTorchDtypes)
         if (name == d) {
           g->tag = Tag::TorchDtype;
-          g->dtype = d;
+          extra(g).dtype = Text(d);
         }
       for (const char* l : kTorchLayouts)
         if (name == l) g->tag = Tag::TorchLayout;
     }
   }
-  g->str = std::move(module);
-  g->name = std::move(name);
+  g->str = arena_->text(module);
+  extra(g).name = arena_->text(name);
   return g;
 }
 
-std::vector<Value*> Machine::seq_items(Value* v) const {
+const Seq<Value*>& Machine::seq_items(Value* v) const {
   if (v->is(Kind::Tuple) || v->is(Kind::List)) return v->items;
   fail(std::string(opname(op_)) + " arguments are a " + kind_name(v->kind) + ", not a tuple");
 }
 
 Value* Machine::encode(const Value* s, const Value* enc) {
   if (!s->is(Kind::Str)) return nullptr;
-  std::string e = enc && enc->is(Kind::Str) ? enc->str : "utf-8";
+  std::string e = enc && enc->is(Kind::Str) ? enc->str.str() : "utf-8";
   for (auto& c : e) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (e == "utf-8" || e == "utf8") return make_bytes(s->str);
   if (e == "latin1" || e == "latin-1" || e == "iso-8859-1" || e == "iso8859-1") {
@@ -636,10 +701,12 @@ Value* Machine::call(Value* callable, Value* args, Value* kwargs, bool newobj) {
     Value* o = make(Kind::Object);
     o->cls = callable;
     o->tag = callable->is(Kind::Global) ? callable->tag : Tag::Unknown;
-    o->items = args->items;
+    Arena::share(o->items, args->items);
     for (Value* it : o->items) nest(o, it);
-    if (kwargs) nest(o, kwargs);
-    o->kwargs = kwargs;
+    if (kwargs) {
+      nest(o, kwargs);
+      extra(o).kwargs = kwargs;
+    }
     return o;
   };
   if (!callable->is(Kind::Global)) return inert();
@@ -655,11 +722,13 @@ Value* Machine::call(Value* callable, Value* args, Value* kwargs, bool newobj) {
       if (callable->tag == Tag::DefaultDict || a.empty()) return d;
       if (a.size() != 1) return inert();
       if (a[0]->is(Kind::Dict)) {
-        d->entries = a[0]->entries;
+        Arena::share(d->entries, a[0]->entries);
       } else if (a[0]->is(Kind::List) || a[0]->is(Kind::Tuple)) {
-        for (Value* kv : a[0]->items) {
+        for (Value* kv : a[0]->items)
           if (!(kv->is(Kind::List) || kv->is(Kind::Tuple)) || kv->items.size() != 2) return inert();
-          d->entries.emplace_back(kv->items[0], kv->items[1]);
+        for (Value* kv : a[0]->items) {
+          Item e(kv->items[0], kv->items[1]);
+          append(d->entries, &e, 1);
         }
       } else {
         return inert();
@@ -686,13 +755,13 @@ Value* Machine::call(Value* callable, Value* args, Value* kwargs, bool newobj) {
       if (src->is(Kind::Dict)) {
         std::vector<Value*> keys;
         for (auto& [key, val] : src->entries) keys.push_back(key);
-        return make_seq(k, std::move(keys));
+        return make_seq(k, keys.data(), keys.size());
       }
       return inert();
     }
     case Tag::BuiltinBytes:
     case Tag::BuiltinByteArray: {
-      if (a.empty()) return make_bytes({});
+      if (a.empty()) return make_bytes(Text());
       if (a[0]->is(Kind::Bytes) && a.size() == 1) return make_bytes(a[0]->str);
       if (a[0]->is(Kind::Str) && a.size() <= 2) {
         if (Value* b = encode(a[0], a.size() == 2 ? a[1] : nullptr)) return b;
@@ -716,7 +785,7 @@ Value* Machine::call(Value* callable, Value* args, Value* kwargs, bool newobj) {
       if (!newobj && a.size() == 2 && a[0]->is(Kind::Global) && a[1]->is(Kind::Str)) {
         Value* g = make(Kind::Global);
         g->str = a[0]->str;
-        g->name = a[0]->name + "." + a[1]->str;
+        extra(g).name = arena_->text(a[0]->name() + "." + a[1]->str);
         return g;
       }
       return inert();
@@ -734,21 +803,21 @@ Value* Machine::call(Value* callable, Value* args, Value* kwargs, bool newobj) {
       return inert();
     case Tag::NewObj:
       if (!newobj && !a.empty()) {
-        Value* inner = make_seq(Kind::Tuple, std::vector<Value*>(a.begin() + 1, a.end()));
+        Value* inner = make_seq(Kind::Tuple, a.data() + 1, a.size() - 1);
         return call(a[0], inner, nullptr, true);
       }
       return inert();
     case Tag::TorchSize:
-      if (a.size() == 1 && (a[0]->is(Kind::Tuple) || a[0]->is(Kind::List))) return make_seq(Kind::Tuple, a[0]->items);
+      if (a.size() == 1 && (a[0]->is(Kind::Tuple) || a[0]->is(Kind::List))) return args_tuple(a[0]);
       if (a.empty()) return make(Kind::Tuple);
       return inert();
     case Tag::GetLayout:
       if (!newobj && a.size() == 1 && a[0]->is(Kind::Str)) {
-        std::string s = a[0]->str;
+        std::string_view s = a[0]->str;
         size_t dot = s.rfind('.');
         Value* g = make(Kind::Global);
-        g->str = dot == std::string::npos ? "torch" : s.substr(0, dot);
-        g->name = dot == std::string::npos ? s : s.substr(dot + 1);
+        g->str = dot == std::string::npos ? Text("torch") : Text(s.substr(0, dot));
+        extra(g).name = dot == std::string::npos ? Text(s) : Text(s.substr(dot + 1));
         g->tag = Tag::TorchLayout;
         return g;
       }
@@ -758,30 +827,33 @@ Value* Machine::call(Value* callable, Value* args, Value* kwargs, bool newobj) {
   }
 }
 
-void Machine::add_items(Value* target, std::vector<Value*> items) {
-  std::vector<Value*>* dst = nullptr;
+void Machine::add_items(Value* target, Value* const* items, size_t n) {
+  Seq<Value*>* dst = nullptr;
   if (op_ == 0x90) {  // ADDITEMS
     if (target->is(Kind::Set)) dst = &target->items;
   } else if (target->is(Kind::List)) {
     dst = &target->items;
   }
-  if (!dst && target->is(Kind::Object)) dst = &target->listitems;
+  if (!dst && target->is(Kind::Object)) dst = &extra(target).listitems;
   if (!dst)
     fail(std::string(opname(op_)) + " target is a " + kind_name(target->kind) + ", not a " +
          (op_ == 0x90 ? "set" : "list"));
-  for (Value* v : items) nest(target, v);
-  dst->insert(dst->end(), items.begin(), items.end());
+  for (size_t i = 0; i < n; ++i) nest(target, items[i]);
+  append(*dst, items, n);
 }
 
-void Machine::set_items(Value* target, std::vector<Value*> kv) {
-  if (kv.size() % 2) fail(std::string(opname(op_)) + " has an odd number of items (a key without a value)");
-  std::vector<std::pair<Value*, Value*>>* dst = nullptr;
+void Machine::set_items(Value* target, Value* const* kv, size_t n) {
+  if (n % 2) fail(std::string(opname(op_)) + " has an odd number of items (a key without a value)");
+  Seq<Item>* dst = nullptr;
   if (target->is(Kind::Dict) || target->is(Kind::Object)) dst = &target->entries;
   if (!dst) fail(std::string(opname(op_)) + " target is a " + kind_name(target->kind) + ", not a dict");
-  for (size_t k = 0; k < kv.size(); k += 2) {
-    nest(target, kv[k]);
-    nest(target, kv[k + 1]);
-    dst->emplace_back(kv[k], kv[k + 1]);
+  for (size_t k = 0; k < n; ++k) nest(target, kv[k]);
+  static_assert(sizeof(Item) == 2 * sizeof(Value*));
+  // Key/value pairs on the stack have the layout of Items; copied one by one to stay portable.
+  if (dst->size() + n / 2 > UINT32_MAX) fail("container has more than 4294967295 items");
+  for (size_t k = 0; k < n; k += 2) {
+    Item e(kv[k], kv[k + 1]);
+    append(*dst, &e, 1);
   }
 }
 
@@ -884,10 +956,10 @@ Document Machine::run() {
         break;
       case '0':  // POP
         if (stack_.size() > frame_base()) stack_.pop_back();
-        else pop_mark();
+        else stack_.resize(pop_mark());
         break;
       case '1':  // POP_MARK
-        pop_mark();
+        stack_.resize(pop_mark());
         break;
       case '2':  // DUP
         push(top());
@@ -895,9 +967,7 @@ Document Machine::run() {
       case 'I': {
         std::string s = in_.line(limits_.max_line, op_at_, op_);
         if (s == "00" || s == "01") {
-          Value* v = make(Kind::Bool);
-          v->b = s == "01";
-          push(v);
+          push(make_bool(s == "01"));
         } else {
           push(int_from_decimal(s));
         }
@@ -975,7 +1045,7 @@ Document Machine::run() {
       }
       case 'S': {
         std::string s = decode_string_escape(in_.line(limits_.max_line, op_at_, op_));
-        push(valid_utf8(s) ? make_str(std::move(s)) : make_bytes(std::move(s)));
+        push(valid_utf8(s) ? make_str(std::string_view(s)) : make_bytes(std::string_view(s)));
         break;
       }
       case 'T':
@@ -993,12 +1063,12 @@ Document Machine::run() {
           n = static_cast<uint64_t>(len);
         }
         in_.length_ok(n, op_at_, op_);
-        std::string s = in_.take(static_cast<size_t>(n));
-        push(valid_utf8(s) ? make_str(std::move(s)) : make_bytes(std::move(s)));
+        Text s = in_.take(static_cast<size_t>(n), *arena_);
+        push(valid_utf8(s) ? make_str(s) : make_bytes(s));
         break;
       }
       case 'V':
-        push(make_str(decode_raw_unicode_escape(in_.line(limits_.max_line, op_at_, op_))));
+        push(make_str(std::string_view(decode_raw_unicode_escape(in_.line(limits_.max_line, op_at_, op_)))));
         break;
       case 'X':
       case 0x8c:
@@ -1014,26 +1084,23 @@ Document Machine::run() {
         in_.copy(b, w);
         n = w == 1 ? b[0] : w == 4 ? load_le<uint32_t>(b) : load_le<uint64_t>(b);
         in_.length_ok(n, op_at_, op_);
-        std::string s = in_.take(static_cast<size_t>(n));
+        Text s = in_.take(static_cast<size_t>(n), *arena_);
         bool text = op_ == 'X' || op_ == 0x8c || op_ == 0x8d;
-        push(text ? make_str(std::move(s)) : make_bytes(std::move(s)));
+        push(text ? make_str(s) : make_bytes(s));
         break;
       }
       case 'N':
-        push(make(Kind::None));
+        push(shared(none_, Kind::None));
         break;
       case 0x88:
-      case 0x89: {
-        Value* v = make(Kind::Bool);
-        v->b = op_ == 0x88;
-        push(v);
+      case 0x89:
+        push(make_bool(op_ == 0x88));
         break;
-      }
       case ']':
         push(make(Kind::List));
         break;
       case ')':
-        push(make(Kind::Tuple));
+        push(shared(empty_tuple_, Kind::Tuple));
         break;
       case '}':
         push(make(Kind::Dict));
@@ -1042,53 +1109,77 @@ Document Machine::run() {
         push(make(Kind::Set));
         break;
       case 'l':
-        push(make_seq(Kind::List, pop_mark()));
+        {
+          size_t base = pop_mark();
+          Value* v = make_seq(Kind::List, from(base), above(base));
+          stack_.resize(base);
+          push(v);
+        }
         break;
       case 't':
-        push(make_seq(Kind::Tuple, pop_mark()));
+        {
+          size_t base = pop_mark();
+          Value* v = make_seq(Kind::Tuple, from(base), above(base));
+          stack_.resize(base);
+          push(v);
+        }
         break;
       case 0x91:
-        push(make_seq(Kind::FrozenSet, pop_mark()));
+        {
+          size_t base = pop_mark();
+          Value* v = make_seq(Kind::FrozenSet, from(base), above(base));
+          stack_.resize(base);
+          push(v);
+        }
         break;
       case 0x85:
       case 0x86:
       case 0x87: {
         size_t n = static_cast<size_t>(op_ - 0x84);
         need_stack(n);
-        std::vector<Value*> items(stack_.end() - static_cast<std::ptrdiff_t>(n), stack_.end());
-        stack_.resize(stack_.size() - n);
-        push(make_seq(Kind::Tuple, std::move(items)));
+        size_t base = stack_.size() - n;
+        Value* v = make_seq(Kind::Tuple, from(base), n);
+        stack_.resize(base);
+        push(v);
         break;
       }
       case 'd': {
-        auto kv = pop_mark();
+        size_t base = pop_mark();
         Value* d = make(Kind::Dict);
-        set_items(d, std::move(kv));
+        set_items(d, from(base), above(base));
+        stack_.resize(base);
         push(d);
         break;
       }
       case 'a': {
         need_stack(2);
         Value* x = pop();
-        add_items(top(), {x});
+        add_items(top(), &x, 1);
         break;
       }
       case 'e':
       case 0x90: {
-        auto items = pop_mark();
-        add_items(top(), std::move(items));
+        size_t base = pop_mark();
+        std::vector<Value*>& items = scratch_;
+        items.assign(from(base), from(base) + above(base));
+        stack_.resize(base);
+        add_items(top(), items.data(), items.size());
         break;
       }
       case 's': {
         need_stack(3);
-        Value* v = pop();
-        Value* k = pop();
-        set_items(top(), {k, v});
+        Value* kv[2];
+        kv[1] = pop();
+        kv[0] = pop();
+        set_items(top(), kv, 2);
         break;
       }
       case 'u': {
-        auto kv = pop_mark();
-        set_items(top(), std::move(kv));
+        size_t base = pop_mark();
+        std::vector<Value*>& kv = scratch_;
+        kv.assign(from(base), from(base) + above(base));
+        stack_.resize(base);
+        set_items(top(), kv.data(), kv.size());
         break;
       }
       case 'g':
@@ -1133,22 +1224,21 @@ Document Machine::run() {
         Value* name = pop();
         Value* module = pop();
         if (!module->is(Kind::Str) || !name->is(Kind::Str)) fail("STACK_GLOBAL needs two str values (module, name)");
-        push(resolve_global(module->str, name->str));
+        push(resolve_global(module->str.str(), name->str.str()));
         break;
       }
       case 'R': {
         need_stack(2);
         Value* args = pop();
         Value* callable = pop();
-        Value* tuple = make_seq(Kind::Tuple, seq_items(args));
-        push(call(callable, tuple, nullptr, false));
+        push(call(callable, args_tuple(args), nullptr, false));
         break;
       }
       case 0x81: {
         need_stack(2);
         Value* args = pop();
         Value* cls = pop();
-        push(call(cls, make_seq(Kind::Tuple, seq_items(args)), nullptr, true));
+        push(call(cls, args_tuple(args), nullptr, true));
         break;
       }
       case 0x92: {
@@ -1157,18 +1247,25 @@ Document Machine::run() {
         Value* args = pop();
         Value* cls = pop();
         if (!kwargs->is(Kind::Dict)) fail("NEWOBJ_EX keyword arguments are not a dict");
-        push(call(cls, make_seq(Kind::Tuple, seq_items(args)), kwargs, true));
+        push(call(cls, args_tuple(args), kwargs, true));
         break;
       }
       case 'b': {
         need_stack(2);
         Value* state = pop();
         Value* obj = top();
+        if (is_shared_leaf(obj)) {
+          // BUILD on a leaf only records a state nobody reads; a private copy keeps it off the
+          // shared value.
+          Value* copy = make(obj->kind);
+          *copy = *obj;
+          stack_.back() = obj = copy;
+        }
         if (obj->is(Kind::Object) && obj->state && obj->state->is(Kind::Dict) && state->is(Kind::Dict) &&
             obj->state != state) {
           Value* merged = make(Kind::Dict);
-          merged->entries = obj->state->entries;
-          merged->entries.insert(merged->entries.end(), state->entries.begin(), state->entries.end());
+          append(merged->entries, obj->state->entries.data(), obj->state->entries.size());
+          append(merged->entries, state->entries.data(), state->entries.size());
           merged->depth = std::max(obj->state->depth, state->depth);
           state = merged;
         }
@@ -1179,21 +1276,25 @@ Document Machine::run() {
       case 'i': {
         std::string module = in_.line(limits_.max_line, op_at_, op_);
         std::string name = in_.line(limits_.max_line, op_at_, op_);
-        auto items = pop_mark();
+        size_t base = pop_mark();
         Value* cls = resolve_global(std::move(module), std::move(name));
-        push(call(cls, make_seq(Kind::Tuple, std::move(items)), nullptr, false));
+        Value* args = make_seq(Kind::Tuple, from(base), above(base));
+        stack_.resize(base);
+        push(call(cls, args, nullptr, false));
         break;
       }
       case 'o': {
-        auto items = pop_mark();
-        if (items.empty()) fail("OBJ needs a class after its MARK");
-        Value* cls = items.front();
-        push(call(cls, make_seq(Kind::Tuple, std::vector<Value*>(items.begin() + 1, items.end())), nullptr, false));
+        size_t base = pop_mark();
+        if (above(base) == 0) fail("OBJ needs a class after its MARK");
+        Value* cls = stack_[base];
+        Value* args = make_seq(Kind::Tuple, from(base) + 1, above(base) - 1);
+        stack_.resize(base);
+        push(call(cls, args, nullptr, false));
         break;
       }
       case 'P': {
         Value* p = make(Kind::PersistentId);
-        p->cls = make_str(in_.line(limits_.max_line, op_at_, op_));
+        p->cls = make_str(std::string_view(in_.line(limits_.max_line, op_at_, op_)));
         push(p);
         break;
       }
@@ -1247,9 +1348,9 @@ class Renderer {
 
   std::string key(const Value& k, uint32_t depth) {
     switch (k.kind) {
-      case Kind::Str: return k.str;
+      case Kind::Str: return k.str.str();
       case Kind::Int: return std::to_string(k.i);
-      case Kind::BigInt: return k.str;
+      case Kind::BigInt: return k.str.str();
       case Kind::Bool: return k.b ? "true" : "false";
       case Kind::None: return "null";
       default: return render(k, depth).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -1257,12 +1358,12 @@ class Renderer {
   }
 
  private:
-  nlohmann::ordered_json array(const std::vector<Value*>& items, uint32_t depth) {
+  nlohmann::ordered_json array(const Seq<Value*>& items, uint32_t depth) {
     auto a = nlohmann::ordered_json::array();
     for (const Value* x : items) a.push_back(render(*x, depth + 1));
     return a;
   }
-  nlohmann::ordered_json object(const std::vector<std::pair<Value*, Value*>>& entries, uint32_t depth) {
+  nlohmann::ordered_json object(const Seq<Item>& entries, uint32_t depth) {
     auto o = nlohmann::ordered_json::object();
     for (const auto& [k, x] : entries) o[key(*k, depth + 1)] = render(*x, depth + 1);
     return o;
@@ -1280,13 +1381,13 @@ class Renderer {
           auto r = std::from_chars(v.str.data(), v.str.data() + v.str.size(), u);
           if (r.ec == std::errc() && r.ptr == v.str.data() + v.str.size()) return u;
         }
-        return v.str;
+        return v.str.str();
       }
       case Kind::Float:
         if (std::isnan(v.f)) return "NaN";
         if (std::isinf(v.f)) return v.f > 0 ? "Infinity" : "-Infinity";
         return v.f;
-      case Kind::Str: return v.str;
+      case Kind::Str: return v.str.str();
       case Kind::Bytes: return J{{"__bytes__", base64(v.str)}};
       case Kind::List:
       case Kind::Tuple: return array(v.items, depth);
@@ -1305,9 +1406,9 @@ class Renderer {
           o["callable"] = v.cls ? render(*v.cls, depth + 1) : J();
         }
         o["args"] = array(v.items, depth);
-        if (v.kwargs && !v.kwargs->entries.empty()) o["kwargs"] = render(*v.kwargs, depth + 1);
+        if (v.kwargs() && !v.kwargs()->entries.empty()) o["kwargs"] = render(*v.kwargs(), depth + 1);
         if (v.state) o["state"] = render(*v.state, depth + 1);
-        if (!v.listitems.empty()) o["listitems"] = array(v.listitems, depth);
+        if (!v.listitems().empty()) o["listitems"] = array(v.listitems(), depth);
         if (!v.entries.empty()) o["dictitems"] = object(v.entries, depth);
         return o;
       }
@@ -1322,8 +1423,10 @@ class Renderer {
 
 }  // namespace
 
+const Seq<Value*> Value::kNoItems;
+
 std::string Value::qualified_name() const {
-  if (kind == Kind::Global) return str.empty() ? name : str + "." + name;
+  if (kind == Kind::Global) return str.empty() ? name().str() : str + "." + name();
   if (kind == Kind::Object && cls && cls->kind == Kind::Global) return cls->qualified_name();
   return {};
 }
@@ -1333,6 +1436,63 @@ const Value* Value::get(std::string_view key) const {
   for (const auto& [k, v] : entries)
     if (k->kind == Kind::Str && k->str == key) return v;
   return nullptr;
+}
+
+Arena::~Arena() {
+  for (const std::vector<Block>* list : {&blocks_, &vblocks_})
+    for (const Block& b : *list) {
+      if (b.size >= kMapped) ::munmap(b.base, b.size);
+      else std::free(b.base);
+    }
+}
+
+// Blocks this large come from mmap so that freeing a Document gives their pages back to the OS
+// (malloc would keep them in its heap).
+Arena::Block Arena::grab(size_t bytes) {
+  void* p;
+  constexpr size_t kHuge = 2 << 20;
+  if (bytes >= kHuge && bytes % kHuge == 0) {
+    // 2 MiB aligned and marked for transparent huge pages: far fewer page faults to fill it.
+    const size_t len = bytes + kHuge;
+    void* raw = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    const auto r = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t a = (r + kHuge - 1) & ~(kHuge - 1);
+    if (a > r) ::munmap(raw, a - r);
+    if (r + len > a + bytes) ::munmap(reinterpret_cast<void*>(a + bytes), r + len - (a + bytes));
+    p = reinterpret_cast<void*>(a);
+    ::madvise(p, bytes, MADV_HUGEPAGE);
+  } else if (bytes >= kMapped) {
+    p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+  } else {
+    p = std::malloc(bytes);
+    if (!p) throw std::bad_alloc();
+  }
+  return Block{static_cast<char*>(p), bytes};
+}
+
+void* Arena::alloc_slow(size_t n, size_t align) {
+  const size_t next = next_ ? next_ : kFirstBlock;
+  // An array or string larger than a quarter block gets a block of its own, so the current
+  // block's free space is kept.
+  if (n > next / 4) {
+    Block b = grab(std::max<size_t>(n, 16));
+    blocks_.insert(blocks_.empty() ? blocks_.end() : blocks_.end() - 1, b);
+    if (blocks_.size() == 1) used_ = b.size;  // nothing else fits in it
+    return b.base;
+  }
+  blocks_.push_back(grab(next));
+  next_ = std::min(next * 2, kMaxBlock);
+  used_ = n;  // the block's start is aligned for anything
+  return blocks_.back().base;
+}
+
+void Arena::new_value_block() {
+  size_t bytes = vblocks_.empty() ? kFirstBlock : std::min(vblocks_.back().size * 2, kMaxBlock);
+  vblocks_.push_back(grab(bytes));
+  vused_ = 0;
+  vcap_ = bytes / sizeof(Value);
 }
 
 Document unpickle(const ByteSource& src, uint64_t offset, const Limits& limits) {

@@ -48,7 +48,10 @@
 //   (the torch layer renders tensors as {"__tensor__": {...}}).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <new>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -79,59 +82,182 @@ enum class Tag : uint8_t {
   RebuildFromTypeV2, RebuildOtherTensor,  // qtensor, sparse, nested, meta, wrapper subclass, device
 };
 
+// Text held by the Arena (valid while the Document lives). A string_view that also converts to
+// std::string and concatenates with one, so callers can treat it like the string it stands for.
+struct Text : std::string_view {
+  constexpr Text() = default;
+  constexpr Text(std::string_view v) : std::string_view(v) {}
+  operator std::string() const { return std::string(data(), size()); }
+  std::string str() const { return std::string(data(), size()); }
+  friend std::string operator+(const std::string& a, Text b) { return cat(a, b); }
+  friend std::string operator+(const char* a, Text b) { return cat(a, b); }
+  friend std::string operator+(Text a, const std::string& b) { return cat(a, b); }
+  friend std::string operator+(Text a, const char* b) { return cat(a, b); }
+  friend std::string operator+(Text a, char b) { return cat(a, std::string_view(&b, 1)); }
+
+ private:
+  static std::string cat(std::string_view a, std::string_view b) {
+    std::string s;
+    s.reserve(a.size() + b.size());
+    s.append(a);
+    s.append(b);
+    return s;
+  }
+};
+
+// A read-only array of T held by the Arena (containers of a Value; grown only by the machine).
+template <typename T>
+class Seq {
+ public:
+  using value_type = T;
+  const T* begin() const { return data_; }
+  const T* end() const { return data_ + size_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  const T& operator[](size_t i) const { return data_[i]; }
+  const T& front() const { return data_[0]; }
+  const T& back() const { return data_[size_ - 1]; }
+
+ private:
+  friend class Arena;
+  T* data_ = nullptr;
+  uint32_t size_ = 0;
+  uint32_t cap_ = 0;
+};
+
+struct Value;
+using Item = std::pair<Value*, Value*>;
+
+// Fields only Globals and some Objects have (kept out of Value so that every Value stays small).
+struct ValueExtra {
+  Text name;            // Global: qualified name
+  Text dtype;           // TypedStorage / TorchDtype Global: torch dtype name ("float32", ...)
+  Seq<Value*> listitems;  // Object: APPEND(S) / ADDITEMS
+  Value* kwargs = nullptr;  // Object made by NEWOBJ_EX
+};
+
+// Trivially destructible: the Arena frees every Value of a Document at once.
 struct Value {
   Kind kind = Kind::None;
   Tag tag = Tag::Unknown;  // Global: allowlist tag; Object: tag of its class when it is a Global
   bool b = false;          // Bool
-  int64_t i = 0;           // Int
-  double f = 0;            // Float
-  std::string str;         // Str (UTF-8), Bytes (raw), BigInt (decimal, leading '-'), Global (module)
-  std::string name;        // Global: qualified name. TypedStorage Global: also `dtype` below
-  std::string dtype;       // TypedStorage / TorchDtype Global: torch dtype name ("float32", ...)
-  std::vector<Value*> items;                       // List, Tuple, Set, FrozenSet; Object: args
-  std::vector<std::pair<Value*, Value*>> entries;  // Dict; Object: dictitems (SETITEM(S))
-  std::vector<Value*> listitems;                   // Object: APPEND(S) / ADDITEMS
-  Value* cls = nullptr;     // Object: the class or callable; PersistentId: the pid
-  Value* kwargs = nullptr;  // Object made by NEWOBJ_EX
-  Value* state = nullptr;   // BUILD state (Object, or a Dict such as an OrderedDict with _metadata)
-  uint32_t depth = 1;       // nesting depth at construction time (limit check)
+  uint32_t depth = 1;      // nesting depth at construction time (limit check)
+  union {
+    int64_t i = 0;         // Int
+    double f;              // Float
+  };
+  Text str;                // Str (UTF-8), Bytes (raw), BigInt (decimal, leading '-'), Global (module)
+  Seq<Value*> items;       // List, Tuple, Set, FrozenSet; Object: args
+  Seq<Item> entries;       // Dict; Object: dictitems (SETITEM(S))
+  Value* cls = nullptr;    // Object: the class or callable; PersistentId: the pid
+  Value* state = nullptr;  // BUILD state (Object, or a Dict such as an OrderedDict with _metadata)
+  ValueExtra* extra = nullptr;
+
+  Text name() const { return extra ? extra->name : Text(); }
+  Text dtype() const { return extra ? extra->dtype : Text(); }
+  const Seq<Value*>& listitems() const { return extra ? extra->listitems : kNoItems; }
+  const Value* kwargs() const { return extra ? extra->kwargs : nullptr; }
 
   bool is(Kind k) const { return kind == k; }
   bool is_global(std::string_view module, std::string_view qualname) const {
-    return kind == Kind::Global && str == module && name == qualname;
+    return kind == Kind::Global && str == module && name() == qualname;
   }
   // "module.QualName" of a Global, or of an Object's class when that is a Global; "" otherwise.
   std::string qualified_name() const;
   // Dict lookup by string key (first match), nullptr when absent or not a Dict.
   const Value* get(std::string_view key) const;
+
+ private:
+  static const Seq<Value*> kNoItems;
 };
 
-// Owns every Value of one unpickled stream, in blocks (few allocations, flat destruction).
-// Addresses are stable.
+// Owns every Value, array and string of one unpickled stream: bump allocation in blocks that grow
+// geometrically (few allocations, no per-value destructor; freed at once, large blocks straight
+// back to the OS). Values live in blocks of their own so they can be visited. Addresses are stable.
 class Arena {
  public:
+  Arena() = default;
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  ~Arena();
+
   Value* make(Kind k) {
-    if (used_ == kBlock || blocks_.empty()) {
-      blocks_.push_back(std::make_unique<Value[]>(kBlock));
-      used_ = 0;
-    }
-    Value* v = &blocks_.back()[used_++];
+    if (vused_ == vcap_) new_value_block();
+    Value* v = new (vblocks_.back().base + vused_++ * sizeof(Value)) Value;
     v->kind = k;
+    ++values_;
     return v;
   }
-  size_t size() const { return blocks_.empty() ? 0 : (blocks_.size() - 1) * kBlock + used_; }
+  ValueExtra* make_extra() { return new (alloc(sizeof(ValueExtra), alignof(ValueExtra))) ValueExtra; }
+  Text text(std::string_view s) {
+    if (s.empty()) return {};
+    char* p = static_cast<char*>(alloc(s.size(), 1));
+    std::memcpy(p, s.data(), s.size());
+    return std::string_view(p, s.size());
+  }
+  char* text_buffer(size_t n) { return static_cast<char*>(alloc(n, 1)); }
+  // Appends n elements; false when the array would exceed UINT32_MAX elements.
+  template <typename T>
+  bool append(Seq<T>& s, const T* src, size_t n) {
+    if (n == 0) return true;
+    if (n > UINT32_MAX - s.size_) return false;
+    if (s.size_ + n > s.cap_) {
+      size_t cap = std::max<size_t>({size_t{4}, size_t{s.cap_} * 2, s.size_ + n});
+      cap = std::min<size_t>(cap, UINT32_MAX);
+      T* d = static_cast<T*>(alloc(cap * sizeof(T), alignof(T)));
+      if (s.size_) std::memcpy(static_cast<void*>(d), s.data_, s.size_ * sizeof(T));
+      s.data_ = d;
+      s.cap_ = static_cast<uint32_t>(cap);
+    }
+    std::memcpy(static_cast<void*>(s.data_ + s.size_), src, n * sizeof(T));
+    s.size_ += static_cast<uint32_t>(n);
+    return true;
+  }
+  // Makes `dst` a view of `src`'s elements (immutable tuples share their arrays).
+  template <typename T>
+  static void share(Seq<T>& dst, const Seq<T>& src) {
+    dst.data_ = src.data_;
+    dst.size_ = src.size_;
+    dst.cap_ = src.size_;  // an append to dst copies first
+  }
+
+  // Number of Values made (a shared leaf counts each time it is used).
+  size_t size() const { return values_; }
+  void count_shared() { ++values_; }
   template <typename F>
   void for_each(F&& f) const {
-    for (size_t b = 0; b < blocks_.size(); ++b) {
-      size_t n = b + 1 == blocks_.size() ? used_ : kBlock;
-      for (size_t i = 0; i < n; ++i) f(blocks_[b][i]);
+    for (size_t b = 0; b < vblocks_.size(); ++b) {
+      size_t n = b + 1 == vblocks_.size() ? vused_ : vblocks_[b].size / sizeof(Value);
+      for (size_t i = 0; i < n; ++i) f(*reinterpret_cast<const Value*>(vblocks_[b].base + i * sizeof(Value)));
     }
   }
 
  private:
-  static constexpr size_t kBlock = 1024;
-  std::vector<std::unique_ptr<Value[]>> blocks_;
+  struct Block {
+    char* base;
+    size_t size;
+  };
+  void* alloc(size_t n, size_t align) {
+    size_t p = (used_ + align - 1) & ~(align - 1);
+    if (blocks_.empty() || p + n > blocks_.back().size) return alloc_slow(n, align);
+    used_ = p + n;
+    return blocks_.back().base + p;
+  }
+  void* alloc_slow(size_t n, size_t align);
+  void new_value_block();
+  Block grab(size_t bytes);
+
+  static constexpr size_t kFirstBlock = 4 << 10;
+  static constexpr size_t kMaxBlock = 4 << 20;
+  static constexpr size_t kMapped = 256 << 10;
+
+  std::vector<Block> blocks_;   // strings, arrays, extras
   size_t used_ = 0;
+  size_t next_ = 0;             // size of the next bytes block
+  std::vector<Block> vblocks_;  // Values only
+  size_t vused_ = 0, vcap_ = 0;
+  size_t values_ = 0;
 };
 
 struct Limits {

@@ -161,7 +161,7 @@ Pid parse_pid(const Value& pid_value, const char* fmt) {
     throw FormatError(fmt, "tensor storage is not a ('storage', type, key, location, numel) persistent id");
   const Value* type = p->items[1];
   Pid out;
-  if (type->is(Kind::Global) && type->tag == Tag::TypedStorage && !type->dtype.empty()) out.dtype = type->dtype;
+  if (type->is(Kind::Global) && type->tag == Tag::TypedStorage && !type->dtype().empty()) out.dtype = type->dtype();
   else if (!(type->is(Kind::Global) && type->tag == Tag::UntypedStorage))
     throw FormatError(fmt, "storage type '" + type->qualified_name() + "' is not a torch storage class");
   if (p->items[2]->is(Kind::Str)) out.key = p->items[2]->str;
@@ -201,7 +201,7 @@ std::optional<TensorInfo> TorchFile::tensor(const Value& v) const {
   return tensor_from(v.tag, v.items, 0);
 }
 
-std::optional<TensorInfo> TorchFile::tensor_from(Tag tag, const std::vector<Value*>& args, int depth) const {
+std::optional<TensorInfo> TorchFile::tensor_from(Tag tag, const pickle::Seq<Value*>& args, int depth) const {
   const char* fmt = source.c_str();
   if (depth > 8) throw FormatError(fmt, "tensor rebuild calls nested too deeply");
   switch (tag) {
@@ -234,7 +234,7 @@ std::optional<TensorInfo> TorchFile::tensor_from(Tag tag, const std::vector<Valu
   if (tag == Tag::RebuildTensorV3) {
     if (!args[6]->is(Kind::Global) || args[6]->tag != Tag::TorchDtype)
       throw FormatError(fmt, "_rebuild_tensor_v3 dtype is not a torch dtype");
-    t.torch_dtype = args[6]->dtype;
+    t.torch_dtype = args[6]->dtype();
     if (args.size() > 7) meta = args[7];
   } else {
     t.torch_dtype = pid.dtype;
@@ -466,10 +466,10 @@ class Builder {
   // APPENDS, e.g. an AttributeDict or a custom OrderedDict): their items are what a user indexes.
   static bool container(const Value& v) {
     if (v.is(Kind::Dict) || v.is(Kind::List) || v.is(Kind::Tuple)) return true;
-    return v.is(Kind::Object) && !is_tensor_tag(v.tag) && (!v.entries.empty() || !v.listitems.empty());
+    return v.is(Kind::Object) && !is_tensor_tag(v.tag) && (!v.entries.empty() || !v.listitems().empty());
   }
   static bool dict_like(const Value& v) { return v.is(Kind::Dict) || (v.is(Kind::Object) && !v.entries.empty()); }
-  static const std::vector<Value*>& seq_items(const Value& v) { return v.is(Kind::Object) ? v.listitems : v.items; }
+  static const pickle::Seq<Value*>& seq_items(const Value& v) { return v.is(Kind::Object) ? v.listitems() : v.items; }
 
   const TensorInfo* tensor(const Value& v) {
     if (!v.is(Kind::Object) || !is_tensor_tag(v.tag)) return nullptr;

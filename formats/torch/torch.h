@@ -109,7 +109,7 @@ class TorchFile {
   std::function<const Storage*(const pickle::Value& pid, const std::string& dtype)> resolve;
 
  private:
-  std::optional<TensorInfo> tensor_from(pickle::Tag tag, const std::vector<pickle::Value*>& args, int depth) const;
+  std::optional<TensorInfo> tensor_from(pickle::Tag tag, const pickle::Seq<pickle::Value*>& args, int depth) const;
 };
 
 // Parse a torch.save zip / legacy stream (no tensor bytes are read). Throw FormatError.

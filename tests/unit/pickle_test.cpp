@@ -176,7 +176,7 @@ TEST(Pickle, GlobalsAllowlistAndRemapping) {
   const auto& it = doc.root->items;
   EXPECT_EQ(it[0]->kind, Kind::Dict);
   EXPECT_EQ(it[7]->tag, Tag::TorchDtype);
-  EXPECT_EQ(it[7]->dtype, "bfloat16");
+  EXPECT_EQ(it[7]->dtype(), "bfloat16");
   EXPECT_EQ(it[5]->tag, Tag::TorchLayout);
 }
 
@@ -198,7 +198,7 @@ TEST(Pickle, StorageAndRebuildTagsStayInert) {
   const Value* pid = t->items[0]->cls;
   ASSERT_EQ(pid->items.size(), 5u);
   EXPECT_EQ(pid->items[1]->tag, Tag::TypedStorage);
-  EXPECT_EQ(pid->items[1]->dtype, "float16");
+  EXPECT_EQ(pid->items[1]->dtype(), "float16");
   EXPECT_EQ(to_json(*t)["args"][0], J::parse(R"({"__persistent_id__": ["storage", {"__global__": "torch.cuda.HalfStorage"}, "0", "cuda:0", 4]})"));
 }
 
