@@ -36,6 +36,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (at > size || e.csize > size - at) fuzz::violation("'" + e.name + "': data runs past the file");
       auto s = open_zip_entry(src, e);
       if (s->size() != e.usize) fuzz::violation("'" + e.name + "': entry source size differs from the directory's");
+      // A size no deflate stream of csize bytes can inflate to is a file no read can deliver.
+      if (e.method == 8 && e.usize / 1032 > e.csize)
+        fuzz::violation("'" + e.name + "': deflated entry of " + std::to_string(e.csize) + " bytes accepted as " +
+                        std::to_string(e.usize) + " bytes");
       if (e.method == 0 && e.usize > 0) {
         auto fr = s->file_range(0, e.usize);
         if (!fr || fr->offset != at) fuzz::violation("'" + e.name + "': stored entry does not map to its data");
