@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -111,7 +112,19 @@ std::optional<std::string> check_yaml(const std::string& label, const std::strin
     (void)YAML::LoadAll(bytes);
     return std::nullopt;
   } catch (const YAML::Exception& e) {
-    return at(e.mark) + ": " + (e.msg.empty() ? std::string(e.what()) : e.msg);
+    // yaml-cpp quotes the offending input character (e.g. "unknown escape character: " + a raw
+    // newline or ESC): escape control bytes so the refusal stays one printable line.
+    std::string msg = e.msg.empty() ? std::string(e.what()) : e.msg, out;
+    for (unsigned char c : msg) {
+      if (c < 0x20 || c == 0x7f) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "\\x%02x", c);
+        out += hex;
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+    return at(e.mark) + ": " + out;
   }
 }
 

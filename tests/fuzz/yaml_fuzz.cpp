@@ -1,6 +1,6 @@
 // Fuzz target: the YAML check a writable .nemo runs on edited *.yaml members before a commit
 // (fs/commit.h check_yaml, yaml-cpp LoadAll). Any input must be accepted or refused with one
-// "label:line:column: problem" line whose position lies inside the input; it must never crash,
+// "label:line:column: problem" line (no control bytes) whose position lies inside the input; it must never crash,
 // hang, recurse without bound, or throw.
 #include <cstddef>
 #include <cstdint>
@@ -15,7 +15,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!bad) return 0;
   const std::string& m = *bad;
   if (m.rfind("model_config.yaml", 0) != 0) nemofs::fuzz::violation("YAML message does not name the file: " + m);
-  if (m.find('\n') != std::string::npos) nemofs::fuzz::violation("YAML message spans lines: " + m);
+  for (unsigned char c : m)
+    if (c < 0x20 || c == 0x7f) nemofs::fuzz::violation("YAML message holds control byte " + std::to_string(c) + ": " + m);
   // "model_config.yaml:LINE:COL: ..." when yaml-cpp gives a position.
   size_t p = 17;
   if (p < m.size() && m[p] == ':' && p + 1 < m.size() && m[p + 1] >= '0' && m[p + 1] <= '9') {
