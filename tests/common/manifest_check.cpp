@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include <cctype>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -41,6 +42,19 @@ const nlohmann::json& fixture(const std::string& file) {
   for (const auto& f : manifest().at("fixtures"))
     if (f.at("file") == file) return f;
   throw std::runtime_error("no fixture " + file + " in manifest.json");
+}
+
+std::vector<std::string> all_fixture_files() {
+  std::vector<std::string> out;
+  for (const auto& f : manifest().at("fixtures")) out.push_back(f.at("file").get<std::string>());
+  return out;
+}
+
+std::string fixture_test_name(const std::string& file) {
+  std::string s = file;
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return s;
 }
 
 View tree_view(const Tree& tree) {

@@ -23,6 +23,11 @@ const nlohmann::json& manifest();
 // The manifest entry whose "file" is `file` (e.g. "torch/zoo.pt"); throws if absent.
 const nlohmann::json& fixture(const std::string& file);
 
+// Every fixture's "file" in manifest.json, in manifest order (for parameterised tests).
+std::vector<std::string> all_fixture_files();
+// A gtest parameter name for a fixture path ("torch/zoo.pt" -> "torch_zoo_pt").
+std::string fixture_test_name(const std::string& file);
+
 struct View {
   // Bytes of the file at a '/'-separated path relative to the view's root, or nullopt if absent.
   std::function<std::optional<std::string>(const std::string&)> read_file;

@@ -52,14 +52,5 @@ TEST_P(TreeProperties, EveryFileReadableTensorsSizedExtentsInside) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TreeProperties,
-                         ::testing::Values("nemo/asr_ctc.nemo", "nemo/asr_ctc_legacy_gz.nemo", "nemo/megatron_gpt.nemo",
-                                           "safetensors/zoo.safetensors", "hf/tiny-llama", "torch/zoo.pt",
-                                           "torch/nested.pt", "torch/legacy.pt", "lightning/tiny.ckpt",
-                                           "dcp/single", "dcp/sharded_1d", "dcp/sharded_2d", "dcp/fsdp2_adam",
-                                           "lightning/model_parallel.ckpt"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return s;
-                         });
+                         ::testing::ValuesIn(all_fixture_files()),
+                         [](const auto& info) { return fixture_test_name(info.param); });
