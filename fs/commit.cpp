@@ -8,10 +8,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <sstream>
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include "formats/core/byte_source.h"
@@ -71,14 +74,57 @@ bool is_junk_name(const std::string& n) {
   return false;
 }
 
+namespace {
+
+// Records where each document starts; the events themselves are not needed.
+class DocumentStarts final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override { last = mark; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+  YAML::Mark last = YAML::Mark::null_mark();
+};
+
+}  // namespace
+
 std::optional<std::string> check_yaml(const std::string& label, const std::string& bytes) {
+  auto at = [&](const YAML::Mark& m) {
+    return m.is_null() ? label : label + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
+  };
   try {
+    // yaml-cpp 0.7's LoadAll loops forever, appending null documents, on a token no rule consumes
+    // (a 1-byte "," is enough; fixed upstream after 0.8, yaml-cpp PR #1319). Walk the documents
+    // first and refuse a document that starts where the previous one did: the parser is stuck.
+    std::istringstream in(bytes);
+    YAML::Parser parser(in);
+    DocumentStarts docs;
+    std::optional<int> prev;
+    while (parser.HandleNextDocument(docs)) {
+      if (prev && *prev == docs.last.pos) return at(docs.last) + ": unexpected character (not valid YAML here)";
+      prev = docs.last.pos;
+    }
     (void)YAML::LoadAll(bytes);
     return std::nullopt;
   } catch (const YAML::Exception& e) {
-    std::string where = label;
-    if (!e.mark.is_null()) where += ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1);
-    return where + ": " + (e.msg.empty() ? std::string(e.what()) : e.msg);
+    // yaml-cpp quotes the offending input character (e.g. "unknown escape character: " + a raw
+    // newline or ESC): escape control bytes so the refusal stays one printable line.
+    std::string msg = e.msg.empty() ? std::string(e.what()) : e.msg, out;
+    for (unsigned char c : msg) {
+      if (c < 0x20 || c == 0x7f) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "\\x%02x", c);
+        out += hex;
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+    return at(e.mark) + ": " + out;
   }
 }
 

@@ -201,6 +201,12 @@ SourcePtr open_zip_entry(const SourcePtr& zip, const ZipEntry& e) {
     return make_sub(zip, data, e.usize, e.name);
   }
   if (e.method == 8) {
+    // Deflate expands at most 1032:1 (zlib's documented bound): a larger size can never be
+    // delivered, and believing it would cost an allocation of that size at the first read.
+    if (e.usize / 1032 > e.csize)
+      throw FormatError(kFmt, e.local_header, "deflated entry '" + e.name + "' claims " + std::to_string(e.usize) +
+                                                  " bytes from " + std::to_string(e.csize) +
+                                                  " compressed bytes (deflate expands at most 1032:1)");
     if (e.usize > kMaxInflate)
       throw FormatError(kFmt, e.local_header, "deflated entry '" + e.name + "' of " + std::to_string(e.usize) +
                                                   " bytes is too large to inflate in memory (limit " + std::to_string(kMaxInflate) + ")");

@@ -1,6 +1,7 @@
 // Fuzz target: arbitrary bytes as a distributed checkpoint's .metadata.
 //   1. The whole folder build (build_dcp) over an in-memory folder whose every data file holds the
-//      same input bytes (so chunk items are arbitrary bytes too), then every file read in full.
+//      same input bytes (so chunk items are arbitrary bytes too), then the tree's properties
+//      (fuzz_properties.h) checked.
 //   2. parse_metadata, and for each tensor whose chunks pass validate_tiling (and that is small),
 //      chunk assembly from in-memory chunks compared byte for byte with a naive assembly.
 // Bad input must be refused with FormatError (IoError for a chunk that fails on first read), never
@@ -17,6 +18,7 @@
 #include "formats/dcp/dcp.h"
 #include "formats/dcp/sharded.h"
 #include "formats/detect/checkpoint.h"
+#include "tests/fuzz/fuzz_properties.h"
 
 namespace {
 
@@ -35,15 +37,6 @@ class MemFileSet final : public FileSet {
  private:
   SourcePtr bytes_;
 };
-
-void read_tree(const Tree& tree) {
-  std::string buf;
-  tree.walk([&](NodeId, const Node& n) {
-    if (n.type != NodeType::File || n.data->size() > (64u << 20)) return;
-    buf.resize(n.data->size());
-    (void)n.data->read_at(0, buf.data(), buf.size());
-  });
-}
 
 void check_assembly(const dcp::Entry& e) {
   auto dt = dtype_from_torch(e.torch_dtype);
@@ -91,13 +84,20 @@ void check_assembly(const dcp::Entry& e) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto src = std::make_shared<MemorySource>(std::string(reinterpret_cast<const char*>(data), size), "fuzz");
+  auto src = fuzz::file_source(data, size);
+  Tree tree;
+  bool built = true;
   try {
-    Tree tree;
     dcp::build_dcp(tree, Tree::kRoot, MemFileSet(src));
-    read_tree(tree);
   } catch (const FormatError&) {
+    built = false;
   } catch (const IoError&) {
+    built = false;
+  }
+  if (built) {
+    fuzz::CheckOptions o;
+    o.allow_io_error = true;  // a chunk is checked on its first read
+    fuzz::check_tree(tree, o);
   }
   try {
     auto md = dcp::parse_metadata(*src);
