@@ -1267,7 +1267,7 @@ bool WritableBackend::commit_locked(std::string& message, bool final, int* err_o
     if (it.member.size > (256u << 20)) continue;  // not a config file
     std::string bytes(it.member.size, '\0');
     size_t got = 0;
-    if (it.data_fd < 0) {
+    if (it.data_fd < 0 && !bytes.empty()) {
       try {
         got = it.data_src->read_at(0, bytes.data(), bytes.size());
       } catch (const std::exception& e) {
