@@ -3,7 +3,9 @@
 // fallback ("r:" fails, then "r:gz") and `gzip -t`.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -76,6 +78,23 @@ pid_t daemon_pid(const std::string& mp) {
     if (e.value("mountpoint", std::string()) == real && e.contains("pid")) return e["pid"].get<pid_t>();
   return 0;
 }
+
+// A tmpfs of `size` bytes at `dir` (root only), unmounted on destruction.
+class Tmpfs {
+ public:
+  Tmpfs(const std::string& dir, const std::string& size) : dir_(dir) {
+    ::mkdir(dir.c_str(), 0755);
+    ok_ = ::mount("tmpfs", dir.c_str(), "tmpfs", 0, ("size=" + size).c_str()) == 0;
+  }
+  ~Tmpfs() {
+    if (ok_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  std::string dir_;
+  bool ok_ = false;
+};
 
 }  // namespace
 
@@ -245,4 +264,41 @@ TEST(WritableGzipMount, KillNineMidCommitKeepsTheOriginalAndTheEdit) {
   spec["untouched"] = {".", kWeights, "./tail.txt"};
   auto c = check_commit(tmp / "orig.nemo", nemo, spec);
   EXPECT_EQ(c.status, 0) << c.out << c.err;
+}
+
+TEST(WritableGzipMount, NoRoomForTheNewArchiveIsRefusedCleanly) {
+  NEMOFS_REQUIRE_FUSE();
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  TempDir tmp;
+  Tmpfs fs(tmp / "small", "2m");
+  ASSERT_TRUE(fs.ok()) << "mount -t tmpfs failed";
+  std::string nemo = tmp / "small/legacy.nemo";
+  std::filesystem::copy_file(data_path("real/" + kFixture), nemo);
+  // Leave ~96 KiB: room for the edit, not for a second ~190 KiB compressed archive.
+  struct statvfs sv {};
+  ASSERT_EQ(::statvfs((tmp / "small").c_str(), &sv), 0);
+  uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
+  ASSERT_GT(avail, 256u << 10);
+  ASSERT_EQ(run({"fallocate", "-l", std::to_string(avail - (96u << 10)), tmp / "small/filler"}).status, 0);
+  std::string before = sha256_file(nemo);
+  {
+    Mount m(nemo, tmp / "mnt");
+    ASSERT_TRUE(m.ok()) << m.result().err;
+    ASSERT_EQ(run_shell("cd " + m.path() + " && sed -i 's/sample_rate: 16000/sample_rate: 44100/' model_config.yaml").status, 0);
+    auto u = m.umount();
+    EXPECT_EQ(u.status, 5) << u.out << u.err;
+    EXPECT_NE(u.err.find("no space left"), std::string::npos) << u.err;
+    EXPECT_EQ(std::count(u.err.begin(), u.err.end(), '\n'), 1) << u.err;
+  }
+  EXPECT_EQ(sha256_file(nemo), before);
+  EXPECT_TRUE(temporaries(tmp / "small").empty());
+  ::unlink((tmp / "small/filler").c_str());
+  {
+    Mount m(nemo, tmp / "mnt");
+    ASSERT_TRUE(m.ok()) << m.result().err;
+    EXPECT_NE(read_whole_file(m.path() + "/model_config.yaml").find("sample_rate: 44100"), std::string::npos);
+    auto u = m.umount();
+    EXPECT_EQ(u.status, 0) << u.out << u.err;
+  }
+  expect_valid_gzip(nemo);
 }
