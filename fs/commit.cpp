@@ -19,6 +19,7 @@
 
 #include "formats/core/byte_source.h"
 #include "formats/core/errors.h"
+#include "formats/gzip/gzip_index.h"
 
 namespace nemofs {
 namespace {
@@ -188,6 +189,70 @@ void FileSink::finish() {
   if (::ftruncate(fd_, static_cast<off_t>(offset_)) != 0) fail("sizing the new archive", errno);
 }
 
+void ArchiveSink::source(const ByteSource& src, uint64_t off, uint64_t len) {
+  if (len == 0) return;
+  if (auto fr = src.file_range(off, len)) {
+    range(fr->fd, fr->offset, len);
+    return;
+  }
+  std::unique_ptr<char[]> buf(new char[1 << 20]);
+  while (len) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(len, 1 << 20));
+    if (src.read_at(off, buf.get(), want) != want) throw CommitError(src.describe() + ": shorter than expected", EIO);
+    bytes(buf.get(), want);
+    off += want;
+    len -= want;
+  }
+}
+
+GzipSink::GzipSink(int fd, int level, unsigned threads, std::function<void(uint64_t)> progress)
+    : fd_(fd),
+      progress_(std::move(progress)),
+      w_([this](const char* p, size_t n) {
+        pwrite_all(fd_, p, n, w_.out_bytes(), "writing the new archive");
+      },
+         level, threads) {}
+
+void GzipSink::bytes(const char* p, size_t n) {
+  w_.write(p, n);
+  offset_ += n;
+  if (progress_) progress_(offset_);
+}
+
+void GzipSink::range(int fd, uint64_t off, uint64_t len) {
+  while (len) {
+    size_t room;
+    char* dst = w_.room(room);
+    size_t want = static_cast<size_t>(std::min<uint64_t>(len, room));
+    if (pread_full(fd, dst, want, off) != want)
+      throw CommitError("a source file is shorter than expected (changed during the commit?)", EIO);
+    w_.filled(want);
+    off += want;
+    len -= want;
+    offset_ += want;
+    if (progress_) progress_(offset_);
+  }
+}
+
+void GzipSink::source(const ByteSource& src, uint64_t off, uint64_t len) {
+  while (len) {
+    size_t room;
+    char* dst = w_.room(room);
+    size_t want = static_cast<size_t>(std::min<uint64_t>(len, room));
+    if (src.read_at(off, dst, want) != want) throw CommitError(src.describe() + ": shorter than expected", EIO);
+    w_.filled(want);
+    off += want;
+    len -= want;
+    offset_ += want;
+    if (progress_) progress_(offset_);
+  }
+}
+
+void GzipSink::finish() {
+  w_.finish();
+  if (::ftruncate(fd_, static_cast<off_t>(w_.out_bytes())) != 0) fail("sizing the new archive", errno);
+}
+
 void remove_stale_temporaries(const std::string& target_path) {
   std::string dir = dir_of(target_path), prefix = base_of(target_path) + ".nemofs-tmp-";
   DIR* d = ::opendir(dir.c_str());
@@ -207,13 +272,31 @@ void remove_stale_temporaries(const std::string& target_path) {
 
 namespace {
 
-// Compares `len` bytes of two files.
-bool same_bytes(int a, uint64_t aoff, int b, uint64_t boff, uint64_t len) {
+// The bytes of a descriptor (the old archive, an overlay file) without taking it over.
+class FdSource final : public ByteSource {
+ public:
+  explicit FdSource(int fd) : fd_(fd) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) fail("stat", errno);
+    size_ = static_cast<uint64_t>(st.st_size);
+  }
+  uint64_t size() const override { return size_; }
+  size_t read_at(uint64_t off, void* buf, size_t len) const override {
+    return pread_full(fd_, static_cast<char*>(buf), len, off);
+  }
+
+ private:
+  int fd_;
+  uint64_t size_ = 0;
+};
+
+// Compares `len` bytes of two sources.
+bool same_bytes(const ByteSource& a, uint64_t aoff, const ByteSource& b, uint64_t boff, uint64_t len) {
   constexpr size_t kBuf = 1 << 20;
   std::unique_ptr<char[]> x(new char[kBuf]), y(new char[kBuf]);
   while (len) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(len, kBuf));
-    if (pread_full(a, x.get(), n, aoff) != n || pread_full(b, y.get(), n, boff) != n) return false;
+    if (a.read_at(aoff, x.get(), n) != n || b.read_at(boff, y.get(), n) != n) return false;
     if (std::memcmp(x.get(), y.get(), n) != 0) return false;
     aoff += n;
     boff += n;
@@ -222,22 +305,22 @@ bool same_bytes(int a, uint64_t aoff, int b, uint64_t boff, uint64_t len) {
   return true;
 }
 
-void verify(int out_fd, const std::string& out_path, const CommitRequest& req, uint64_t expected_size) {
-  auto src = std::make_shared<FileSource>(out_path);
-  if (src->size() != expected_size)
-    throw CommitError("check of the new archive failed: size " + std::to_string(src->size()) + ", expected " +
-                          std::to_string(expected_size),
-                      EIO);
+[[noreturn]] void check_failed(const std::string& what) {
+  throw CommitError("check of the new archive failed: " + what, EIO);
+}
+
+// `out` = the new archive's tar stream, `old` = the old one's.
+void verify(const ByteSource& out, const ByteSource& old, const CommitRequest& req, uint64_t expected_size) {
+  if (out.size() != expected_size)
+    check_failed("size " + std::to_string(out.size()) + ", expected " + std::to_string(expected_size));
   TarIndex idx;
   try {
-    idx = index_tar(*src);
+    idx = index_tar(out);
   } catch (const FormatError& e) {
-    throw CommitError(std::string("check of the new archive failed: ") + e.what(), EIO);
+    check_failed(e.what());
   }
   if (idx.entries.size() != req.items.size())
-    throw CommitError("check of the new archive failed: " + std::to_string(idx.entries.size()) + " members, expected " +
-                          std::to_string(req.items.size()),
-                      EIO);
+    check_failed(std::to_string(idx.entries.size()) + " members, expected " + std::to_string(req.items.size()));
   auto bad = [](const std::string& label, const std::string& what) {
     return CommitError("check of the new archive failed at '" + label + "': " + what, EIO);
   };
@@ -249,18 +332,20 @@ void verify(int out_fd, const std::string& out_path, const CommitRequest& req, u
       if (got.name != want.name || got.size != want.size || got.typeflag != want.typeflag)
         throw bad(it.label, "member differs from the original");
       uint64_t hlen = want.data_offset - want.header_offset;
-      if (got.data_offset - got.header_offset != hlen ||
-          !same_bytes(out_fd, got.header_offset, req.archive_fd, want.header_offset, hlen))
+      if (got.data_offset - got.header_offset != hlen || !same_bytes(out, got.header_offset, old, want.header_offset, hlen))
         throw bad(it.label, "header blocks differ from the original");
     } else {
       if (got.size != it.member.size || (got.type == TarType::Dir) != it.member.dir)
         throw bad(it.label, "size or type differs from the plan");
       std::string h(it.header.size(), '\0');
-      if (got.data_offset - got.header_offset != h.size() || pread_full(out_fd, h.data(), h.size(), got.header_offset) != h.size() ||
+      if (got.data_offset - got.header_offset != h.size() || out.read_at(got.header_offset, h.data(), h.size()) != h.size() ||
           h != it.header)
         throw bad(it.label, "header blocks differ from the plan");
-      if (it.member.size && !same_bytes(out_fd, got.data_offset, it.data_fd, it.data_off, it.member.size))
-        throw bad(it.label, "bytes differ from the edited file");
+      if (it.member.size) {
+        bool same = it.data_fd >= 0 ? same_bytes(out, got.data_offset, FdSource(it.data_fd), it.data_off, it.member.size)
+                                    : same_bytes(out, got.data_offset, *it.data_src, 0, it.member.size);
+        if (!same) throw bad(it.label, "bytes differ from the edited file");
+      }
     }
   }
 }
@@ -298,28 +383,73 @@ CommitResult write_archive(const CommitRequest& req) {
         req.progress(done, total);
       }
     };
-    FileSink sink(fd, progress);
+    const bool gzip = req.compression == Compression::Gzip;
+    std::unique_ptr<ArchiveSink> sink;
+    GzipSink* gz_sink = nullptr;
+    if (gzip) {
+      unsigned threads = req.gzip_threads ? req.gzip_threads : ChunkedGzipWriter::available_threads(4);
+      auto g = std::make_unique<GzipSink>(fd, req.gzip_level, threads, progress);
+      gz_sink = g.get();
+      sink = std::move(g);
+    } else {
+      sink = std::make_unique<FileSink>(fd, progress);
+    }
     static const char zeros[10240] = {};
     for (const auto& it : req.items) {
       if (it.kind == CommitItem::Kind::Verbatim) {
-        sink.range(req.archive_fd, it.from, it.to - it.from);
+        if (req.archive) sink->source(*req.archive, it.from, it.to - it.from);
+        else sink->range(req.archive_fd, it.from, it.to - it.from);
       } else {
-        sink.bytes(it.header.data(), it.header.size());
-        if (it.member.size) sink.range(it.data_fd, it.data_off, it.member.size);
-        sink.bytes(zeros, tar_padding(it.member.size));
+        sink->bytes(it.header.data(), it.header.size());
+        if (it.member.size) {
+          if (it.data_fd >= 0) sink->range(it.data_fd, it.data_off, it.member.size);
+          else if (it.data_src) sink->source(*it.data_src, 0, it.member.size);
+          else throw CommitError("internal: no bytes for member '" + it.label + "'", EIO);
+        }
+        sink->bytes(zeros, tar_padding(it.member.size));
       }
     }
-    sink.bytes(zeros, tar_end_size(sink.offset()));
-    sink.finish();
-    if (sink.offset() != total) throw CommitError("internal: wrote " + std::to_string(sink.offset()) + " bytes, planned " + std::to_string(total), EIO);
+    sink->bytes(zeros, tar_end_size(sink->offset()));
+    sink->finish();
+    if (sink->offset() != total)
+      throw CommitError("internal: wrote " + std::to_string(sink->offset()) + " bytes, planned " + std::to_string(total), EIO);
     if (req.progress) req.progress(total, total);
     if (::fsync(fd) != 0) fail("syncing the new archive", errno);
 
-    verify(fd, tmp, req, total);
+    std::unique_ptr<FdSource> old_fd;
+    if (!req.archive) old_fd = std::make_unique<FdSource>(req.archive_fd);
+    const ByteSource& old = req.archive ? *req.archive : *old_fd;
+    auto file = std::make_shared<FileSource>(tmp);
+    uint64_t on_disk = total;
+    if (!gzip) {
+      verify(*file, old, req, total);
+    } else {
+      on_disk = gz_sink->compressed_size();
+      if (file->size() != on_disk)
+        check_failed("size " + std::to_string(file->size()) + ", expected " + std::to_string(on_disk));
+      // One full pass: every member inflates to its trailer's CRC-32 and length, i.e. to exactly
+      // the bytes the compressor was given. It yields the seek index the tar check reads through.
+      GzipOptions go;
+      go.progress = false;
+      go.cache_dir = req.gzip_cache_dir;
+      std::shared_ptr<const GzipIndex> gidx;
+      try {
+        gidx = std::make_shared<const GzipIndex>(build_gzip_index(*file, go, tmp));
+      } catch (const FormatError& e) {
+        check_failed(e.what());
+      }
+      GzipSource stream(file, gidx, 8u << 20);
+      verify(stream, old, req, total);
+      // The next mount (and a mount that stays up) finds the index: a rename keeps the inode and
+      // the mtime, so the key still matches the file once it is in place. Failing to store it
+      // only costs that mount a pass.
+      (void)store_gzip_index(*gidx, *file, tmp, go);
+    }
 
     CommitResult res;
     res.fd = fd;
-    res.bytes = total;
+    res.bytes = on_disk;
+    res.tar_bytes = total;
     res.identity = ArchiveIdentity::of_fd(fd);
     if (req.before_rename) req.before_rename(res.identity);
     if (::rename(tmp.c_str(), req.target_path.c_str()) != 0) fail("renaming the new archive over " + req.target_path, errno);

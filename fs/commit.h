@@ -4,25 +4,41 @@
 // archive (its original header blocks, data and padding, copied by the kernel with
 // copy_file_range; holes stay holes), a changed or new member is a header in the archive's own
 // style (formats/tar/tar_writer.h) followed by its bytes from wherever they lie (an overlay file
-// or the old archive) and zero padding. Pieces go through an ArchiveSink so a compressing sink
-// (gzip .nemo) can take the place of the plain file sink later without changing the plan.
+// or the old archive) and zero padding. Pieces go through an ArchiveSink: FileSink for a plain tar,
+// GzipSink for a gzip .nemo (the plan is the same; offsets are those of the uncompressed stream).
+//
+// gzip output: the tar stream is cut into 1 MiB chunks, each compressed on its own by libdeflate
+// (level 6) into one gzip member, on up to 4 threads; the file is those members back to back (a
+// multi-member gzip file: RFC 1952, what `gzip -t`, zlib, CPython's gzip/tarfile and pigz/bgzip
+// readers all accept). Independent chunks let the work run in parallel, make every chunk start a
+// random-access point of the new file's seek index (no window needed), and cost ~0.1% of size.
+// Unchanged members are read from the old archive's uncompressed stream (GzipSource: every block
+// is checked against the CRCs of the old archive's index) and recompressed.
 //
 // Steps: write to `<target>.nemofs-tmp-XXXXXX` in the target's folder (locked with flock so a
 // second mount cannot take it), fchown/fchmod like the original, fsync, re-index with index_tar
 // and compare every member's name, type, size and header bytes with the plan, compare the bytes of
 // every rewritten member with their source, call `before_rename` (the journal records the result's
 // identity), rename over the target, fsync the folder. Any failure removes the temporary file and
-// throws CommitError; the target is then untouched.
+// throws CommitError; the target is then untouched. For gzip, the check first inflates the whole
+// result once (build_gzip_index: every member's CRC-32 and length against its trailer, which
+// libdeflate computed from the bytes it was given), then re-indexes the tar stream through that
+// index; the index is stored in the gzip index cache under the result's identity, so the next
+// mount of the committed archive does not inflate it again.
 #pragma once
 
 #include <sys/types.h>
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "formats/core/byte_source.h"
+#include "formats/gzip/gzip_writer.h"
 #include "formats/tar/tar.h"
 #include "formats/tar/tar_writer.h"
 #include "fs/overlay.h"
@@ -45,11 +61,13 @@ struct CommitItem {
   uint64_t from = 0, to = 0;
   TarEntry entry;
   // Member: `header` (tar_header(member, style)), then `member.size` bytes of `data_fd` at
-  // `data_off`, then zero padding.
+  // `data_off` (or, when data_fd < 0, of `data_src` from 0: a member of a gzip archive that was
+  // renamed but not edited), then zero padding.
   TarMember member;
   std::string header;
   int data_fd = -1;
   uint64_t data_off = 0;
+  SourcePtr data_src;
 };
 
 // Where the archive's bytes go. Offsets are those of the uncompressed tar stream.
@@ -59,6 +77,8 @@ class ArchiveSink {
   virtual void bytes(const char* p, size_t n) = 0;
   // `len` bytes of `fd` at `off`.
   virtual void range(int fd, uint64_t off, uint64_t len) = 0;
+  // `len` bytes of `src` at `off`: range() when they lie in a file, else read through a buffer.
+  virtual void source(const ByteSource& src, uint64_t off, uint64_t len);
   virtual void finish() = 0;
   uint64_t offset() const { return offset_; }
 
@@ -81,10 +101,38 @@ class FileSink final : public ArchiveSink {
   std::function<void(uint64_t)> progress_;
 };
 
+// A gzip file of independently compressed chunks (formats/gzip/gzip_writer.h): bytes, ranges and
+// sources are read straight into the current chunk; full chunks are compressed by worker threads
+// and written in order.
+class GzipSink final : public ArchiveSink {
+ public:
+  GzipSink(int fd, int level, unsigned threads, std::function<void(uint64_t)> progress);
+  void bytes(const char* p, size_t n) override;
+  void range(int fd, uint64_t off, uint64_t len) override;
+  void source(const ByteSource& src, uint64_t off, uint64_t len) override;
+  void finish() override;
+  uint64_t compressed_size() const { return w_.out_bytes(); }
+
+ private:
+  int fd_;
+  std::function<void(uint64_t)> progress_;
+  ChunkedGzipWriter w_;
+};
+
+enum class Compression { None, Gzip };
+
 struct CommitRequest {
   int archive_fd = -1;        // the old archive (source of verbatim ranges)
   std::string archive_path;   // its path: owner and mode are taken from it
   std::string target_path;    // where the result is renamed to (the archive, or -o output=)
+  // The old archive's tar stream when it is not archive_fd's bytes as they are (a gzip archive's
+  // GzipSource): verbatim ranges and header checks read through it.
+  SourcePtr archive;
+  Compression compression = Compression::None;  // of the result
+  int gzip_level = 6;
+  unsigned gzip_threads = 0;  // 0 = the CPUs available, at most 4
+  // gzip results: where the new archive's seek index goes (GzipOptions::cache_dir; "" = nowhere).
+  std::optional<std::string> gzip_cache_dir;
   std::vector<CommitItem> items;
   std::function<void(uint64_t done, uint64_t total)> progress;
   // Called after the result is synced and checked, just before the rename. May throw to abort.
@@ -93,7 +141,8 @@ struct CommitRequest {
 
 struct CommitResult {
   int fd = -1;            // the result, open and flock'ed (the caller owns it)
-  uint64_t bytes = 0;     // size of the result
+  uint64_t bytes = 0;     // size of the result (on disk: compressed for gzip)
+  uint64_t tar_bytes = 0;  // size of its tar stream
   ArchiveIdentity identity;
 };
 

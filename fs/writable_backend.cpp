@@ -17,6 +17,7 @@
 #include <unordered_set>
 
 #include "formats/core/errors.h"
+#include "formats/gzip/gzip_index.h"
 #include "fs/commit.h"
 #include "fs/state.h"
 
@@ -80,7 +81,14 @@ std::shared_ptr<WritableBackend::Generation> WritableBackend::make_generation(Ch
   g->cp = std::move(cp);
   g->nemo = std::static_pointer_cast<NemoArchive>(g->cp.keepalive);
   if (!g->nemo) throw std::runtime_error("internal: the .nemo index is missing");
-  auto* fs = dynamic_cast<const FileSource*>(g->nemo->archive.get());
+  // A plain tar is its own stream; a gzip .nemo's members lie in the GzipSource over the file.
+  g->stream = g->nemo->archive;
+  const ByteSource* file = g->stream.get();
+  if (const auto* gz = dynamic_cast<const GzipSource*>(file)) {
+    g->gzip = true;
+    file = gz->compressed().get();
+  }
+  auto* fs = dynamic_cast<const FileSource*>(file);
   if (!fs) throw std::runtime_error("internal: the archive is not a plain file");
   g->fd = fs->fd();
   g->identity = ArchiveIdentity::of_fd(g->fd);
@@ -1187,9 +1195,12 @@ bool WritableBackend::commit_locked(std::string& message, bool final, int* err_o
         it.data_off = 0;
       } else {
         auto fr = n.base->file_range(0, n.size);
-        if (!fr) throw CommitError("internal: member '" + p + "' is not a range of the archive", EIO);
-        it.data_fd = fr->fd;
-        it.data_off = fr->offset;
+        if (fr) {
+          it.data_fd = fr->fd;
+          it.data_off = fr->offset;
+        } else {
+          it.data_src = n.base;  // inside a gzip stream
+        }
       }
     }
     it.header = tar_header(it.member, gen_->style);
@@ -1256,6 +1267,14 @@ bool WritableBackend::commit_locked(std::string& message, bool final, int* err_o
     if (it.member.size > (256u << 20)) continue;  // not a config file
     std::string bytes(it.member.size, '\0');
     size_t got = 0;
+    if (it.data_fd < 0 && !bytes.empty()) {
+      try {
+        got = it.data_src->read_at(0, bytes.data(), bytes.size());
+      } catch (const std::exception& e) {
+        return refuse("commit failed: cannot read " + p + ": " + e.what(), EIO);
+      }
+      if (got != bytes.size()) return refuse("commit failed: cannot read " + p, EIO);
+    }
     while (got < bytes.size()) {
       ssize_t r = ::pread(it.data_fd, bytes.data() + got, bytes.size() - got, static_cast<off_t>(it.data_off + got));
       if (r < 0 && errno == EINTR) continue;
@@ -1268,6 +1287,8 @@ bool WritableBackend::commit_locked(std::string& message, bool final, int* err_o
   CommitRequest req;
   req.archive_fd = gen_->fd;
   req.archive_path = gen_->path;
+  req.archive = gen_->stream;
+  req.compression = gen_->gzip ? Compression::Gzip : Compression::None;  // gzip in, gzip out
   req.target_path = target;
   req.items = std::move(items);
   req.progress = [this](uint64_t d, uint64_t t) { report_progress(d, t); };

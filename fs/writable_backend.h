@@ -1,13 +1,16 @@
-// The writable backend of a plain-tar .nemo: the archive's members as a mutable namespace, with
-// every edit kept durably in the overlay (fs/overlay.h) and committed back into the archive
-// (fs/commit.h) by `nemofs commit`, `nemofs umount`, or any unmount.
+// The writable backend of a .nemo (plain or gzip tar): the archive's members as a mutable
+// namespace, with every edit kept durably in the overlay (fs/overlay.h) and committed back into
+// the archive (fs/commit.h) by `nemofs commit`, `nemofs umount`, or any unmount.
 //
 // Namespace: a mutable inode table. Inode numbers are allocated once and stay valid while the
 // kernel holds a lookup reference (lookup/forget counts) or an open handle, even after unlink or
 // a commit. Every file's bytes are either a range of the archive (unchanged member) or an overlay
 // data file (after the first write or truncate the member is copied up with copy_file_range, then
-// edited in place). Entry and attribute timeouts are zero for mutable nodes, so every edit is seen
-// at once by every reader; page caches are kept because all writes pass through this mount.
+// edited in place). In a gzip .nemo an unchanged member is a range of the uncompressed stream
+// (GzipSource): it is read through the seek index (memory replies, no fd segments) and copied up
+// by reading it; commits write a gzip archive again (fs/commit.h). Entry and attribute timeouts
+// are zero for mutable nodes, so every edit is seen at once by every reader; page caches are kept
+// because all writes pass through this mount.
 //
 // `<member>.tensors/` views are read-only (EROFS) and always show the member as it is in the
 // archive being served: a view is hidden while its member is edited, renamed or deleted, and after
@@ -146,7 +149,9 @@ class WritableBackend final : public Backend {
     Checkpoint cp;
     std::shared_ptr<NemoArchive> nemo;
     std::unique_ptr<TreeBackend> stat;  // attributes of view nodes
-    int fd = -1;                        // the archive's fd (owned by the FileSource)
+    int fd = -1;                        // the archive file's fd (owned by the FileSource)
+    SourcePtr stream;                   // its tar stream: the file, or the GzipSource over it
+    bool gzip = false;                  // a gzip .nemo: commits write gzip again
     ArchiveIdentity identity;
     TarStyle style;
     std::unordered_map<std::string, BaseMember> members;  // normalised path -> member

@@ -171,7 +171,7 @@ Checkpoint open_checkpoint(const std::string& path) {
     throw FormatError("detect", std::optional<uint64_t>(0), "not a checkpoint nemofs knows (not a tar/.nemo, safetensors, torch zip, legacy torch file or gzip .nemo)");
   cp.keepalive = src;
   build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive);
-  cp.writable_candidate = cp.format == Format::Tar;
+  cp.writable_candidate = cp.format == Format::Tar || cp.format == Format::GzipTar;
   return cp;
 }
 

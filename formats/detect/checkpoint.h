@@ -54,7 +54,7 @@ Format sniff_dir(const FileSet& dir);
 struct Checkpoint {
   Format format = Format::Unknown;
   Tree tree;
-  bool writable_candidate = false;  // true for a plain-tar .nemo (the writable overlay may attach)
+  bool writable_candidate = false;  // true for a .nemo, plain or gzip tar (the writable overlay may attach)
   std::shared_ptr<void> keepalive;  // format-specific state (NemoArchive for .nemo) that must outlive the tree
   std::vector<std::string> warnings;  // things not shown, views that could not be built
 };

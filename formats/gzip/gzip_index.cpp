@@ -602,6 +602,21 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
 
 }  // namespace
 
+std::string store_gzip_index(const GzipIndex& idx, const ByteSource& compressed, const std::string& path,
+                             const GzipOptions& opt) {
+  std::string dir = gzip_cache_dir(opt);
+  if (dir.empty()) return "no cache folder";
+  try {
+    GzipFileKey key = gzip_file_key(compressed, path);
+    if (key.size != idx.compressed_size) return "the index does not describe this file";
+    mkdirs(dir);
+    write_file_atomic(dir + "/gzip-" + hex(key.dev) + "-" + hex(key.ino) + ".idx", serialize_gzip_index(idx, key));
+    return "";
+  } catch (const IoError& e) {
+    return std::string("gzip index not cached: ") + e.what();
+  }
+}
+
 std::shared_ptr<const GzipSource> open_gzip(const SourcePtr& compressed, const std::string& cache_key_path,
                                             const GzipOptions& opt) {
   std::string note;

@@ -177,6 +177,11 @@ std::optional<GzipIndex> parse_gzip_index(std::string_view bytes, const GzipFile
 GzipFileKey gzip_file_key(const ByteSource& compressed, const std::string& path);
 // The folder index files go to (see GzipOptions::cache_dir); "" when there is none.
 std::string gzip_cache_dir(const GzipOptions& opt);
+// Stores `idx` as the cached index of the file behind `compressed` (key taken now), where
+// open_gzip will find it: a writer that has just checked a file it wrote saves the next mount a
+// pass. Returns "" when stored, else why not (never throws for I/O).
+std::string store_gzip_index(const GzipIndex& idx, const ByteSource& compressed, const std::string& path,
+                             const GzipOptions& opt = {});
 
 enum class GzipIndexOrigin { Built, LoadedFromCache };
 

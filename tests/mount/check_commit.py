@@ -8,11 +8,17 @@ SPEC (all keys optional):
                     | {"orig": name, "append": str}}
   absent:    [names]             must not be in NEW
   mode:      {name: int}         permission bits
-  restore:   true                NeMo's restore steps (tarfile "r:", safe extract, yaml.safe_load
-                                 of model_config.yaml, every "nemo:" artifact present)
-Always: NEW opens as a plain tar ("r:"), every name keeps "./", no duplicate names.
+  restore:   true                NeMo's restore steps (tarfile "r:", on ReadError "r:gz" as NeMo
+                                 does for old checkpoints, safe extract, yaml.safe_load of
+                                 model_config.yaml, every "nemo:" artifact present)
+  gzip:      true                NEW is gzip (1f 8b, "r:" refuses it, "r:gz" reads it); without
+                                 it NEW must be a plain tar ("r:")
+An archive is opened "r:gz" when it starts with 1f 8b (ORIGINAL too); raw bytes (untouched) are
+compared in the uncompressed tar streams.
+Always: every name keeps "./", no duplicate names.
 Prints one line per failure; exit status 1 when anything failed.
 """
+import gzip
 import json
 import os
 import sys
@@ -24,8 +30,41 @@ import yaml
 orig_path, new_path, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 fails = []
 
-orig = tarfile.open(orig_path, "r:")
-new = tarfile.open(new_path, "r:")
+
+def is_gzip(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+if spec.get("gzip"):
+    if not is_gzip(new_path):
+        fails.append("the new archive does not start with 1f 8b (not gzip)")
+    try:
+        tarfile.open(new_path, "r:").close()
+        fails.append('the new archive opens as a plain tar ("r:"), expected gzip')
+    except tarfile.ReadError:
+        pass
+elif is_gzip(new_path):
+    fails.append("the new archive is gzip, expected a plain tar")
+
+
+def open_tar(path):
+    return tarfile.open(path, "r:gz" if is_gzip(path) else "r:")
+
+
+streams = {}
+
+
+def stream(path):
+    # The tar stream: the file itself, or the whole decompressed gzip stream (all members).
+    if path not in streams:
+        with open(path, "rb") as f:
+            streams[path] = gzip.decompress(f.read()) if is_gzip(path) else f.read()
+    return streams[path]
+
+
+orig = open_tar(orig_path)
+new = open_tar(new_path)
 om = {m.name: m for m in orig.getmembers()}
 nl = new.getmembers()
 nm = {m.name: m for m in nl}
@@ -39,9 +78,7 @@ for m in nl:
 
 
 def raw(path, m):
-    with open(path, "rb") as f:
-        f.seek(m.offset)
-        return f.read(m.offset_data - m.offset + m.size)
+    return stream(path)[m.offset:m.offset_data + m.size]
 
 
 def data(tar, m):
@@ -84,9 +121,14 @@ for name, mode in spec.get("mode", {}).items():
         fails.append(f"{name}: mode {oct(nm[name].mode)}, expected {oct(mode)}")
 
 if spec.get("restore"):
-    # NeMo's SaveRestoreConnector: tarfile.open(path, "r:"), _safe_extract, then the YAML.
+    # NeMo's SaveRestoreConnector: tarfile.open(path, "r:") (on ReadError, an old checkpoint:
+    # tarfile.open(path, "r:gz")), _safe_extract, then the YAML.
     with tempfile.TemporaryDirectory() as out:
-        with tarfile.open(new_path, "r:") as t:
+        try:
+            t = tarfile.open(new_path, "r:")
+        except tarfile.ReadError:
+            t = tarfile.open(new_path, "r:gz")
+        with t:
             for m in t.getmembers():
                 if m.name.startswith("/") or ".." in m.name.split("/") or m.issym() or m.islnk():
                     fails.append(f"{m.name}: unsafe member")

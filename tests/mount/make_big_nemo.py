@@ -1,15 +1,19 @@
 #!/usr/bin/python3
 """Writes a .nemo-shaped tar with one large member, as CPython's tarfile (PAX_FORMAT) writes it.
 
-usage: make_big_nemo.py OUT SIZE (dense|sparse)
+usage: make_big_nemo.py OUT SIZE (dense|floats|sparse)
 Members: ".", "./model_config.yaml", "./model_weights.ckpt" (SIZE bytes), "./tail.txt".
 dense:  the member is real data (a 1 MiB random block, each copy stamped with its index), so
         copying it costs real I/O.
+floats: like dense, but the block holds float32 values drawn from N(0, 0.02) (as trained weights
+        look to a compressor: gzip -6 takes them to ~92%), for compression benchmarks.
 sparse: the member is a hole except 4 KiB markers at its start, middle and end, so an 8 GiB
         member takes no disk space. Headers come from tarfile.TarInfo.tobuf, so a member of
         8 GiB or more carries its size in a pax record exactly as CPython writes it.
 """
+import array
 import os
+import random
 import sys
 import tarfile
 import time
@@ -40,8 +44,12 @@ with open(out, "wb") as f:
     f.write(header("./model_config.yaml", len(CONFIG)) + CONFIG + pad(len(CONFIG)))
     f.write(header("./model_weights.ckpt", size))
     start = f.tell()
-    if kind == "dense":
-        block = bytearray(os.urandom(1 << 20))
+    if kind in ("dense", "floats"):
+        if kind == "dense":
+            block = bytearray(os.urandom(1 << 20))
+        else:
+            rng = random.Random(1)
+            block = bytearray(array.array("f", (rng.gauss(0.0, 0.02) for _ in range(1 << 18))).tobytes())
         left, i = size, 0
         while left:
             block[:8] = i.to_bytes(8, "little")
