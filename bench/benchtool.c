@@ -4,7 +4,8 @@
  *       start CMD, poll stat(PROBE) every 100 us until it succeeds; prints
  *       "ms=<start of CMD to first successful stat> pid=<CMD's pid> exited=<0|1> rc=<exit status>".
  *       A CMD that returns once mounted (nemofs mount) is waited for; one that stays in the
- *       foreground is left running (exited=0), for the caller to stop.
+ *       foreground is left running (exited=0), for the caller to stop. CMD's output goes to
+ *       $BENCHTOOL_LOG (default /dev/null).
  *   benchtool seq RANGES BUDGET_S
  *       read every range of RANGES in order with 1 MiB read()s; prints "bytes=<n> secs=<t>".
  *       Stops early after BUDGET_S seconds (the caller reports a partial figure).
@@ -79,6 +80,14 @@ static int cmd_mounttime(int argc, char **argv) {
   double t0 = now();
   pid_t pid = fork();
   if (pid == 0) {
+    /* A server that stays in the foreground must not hold our caller's output pipes open. */
+    const char *log = getenv("BENCHTOOL_LOG");
+    int fd = open(log ? log : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+      close(fd);
+    }
     execvp(argv[2], argv + 2);
     _exit(127);
   }
