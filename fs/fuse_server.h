@@ -33,7 +33,8 @@ struct ServerOptions {
 
 // Mounts and serves until unmounted. In daemon mode the calling process returns as soon as the
 // mount answers (return 0) or the server failed to start (non-zero, message on stderr); the
-// forked server process never returns (it exits when unmounted). In foreground mode it returns
+// forked server process never returns (it exits when unmounted); in daemon mode a successful
+// parent exits with status 0 from inside serve(). In foreground mode it returns
 // when unmounted. Returns the exit status for the command.
 int serve(Backend& backend, const ServerOptions& opts);
 

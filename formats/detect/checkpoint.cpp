@@ -8,7 +8,12 @@
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/dcp/dcp.h"
+#include "formats/hf/hf.h"
+#include "formats/gzip/gzip_index.h"
 #include "formats/nemo/nemo.h"
+#include "formats/safetensors/safetensors.h"
+#include "formats/torch/torch.h"
 
 namespace nemofs {
 
@@ -90,7 +95,6 @@ namespace {
 
 [[noreturn]] void not_yet(Format f, const std::string& what) {
   (void)what;
-  if (f == Format::GzipTar) throw FormatError("nemo", "gzip-compressed .nemo is not supported yet");
   throw FormatError(format_name(f), "this checkpoint format is not supported yet");
 }
 
@@ -105,15 +109,46 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
         if (keep) *keep = nemo;
       }
       return;
+    case Format::Safetensors:
+      build_safetensors(tree, dir, src);
+      return;
+    case Format::TorchZip:
+    case Format::TorchLegacy: {
+      auto file = f == Format::TorchZip ? torch::load_torch_zip(src) : torch::load_torch_legacy(src);
+      torch::build_torch_tree(tree, dir, *file);
+      if (warnings) warnings->insert(warnings->end(), file->warnings.begin(), file->warnings.end());
+      return;
+    }
+    case Format::GzipTar: {
+      if (nested) throw FormatError("nemo", "a gzip-compressed archive inside a checkpoint is not shown as tensors");
+      // Members are SubSources of the uncompressed stream, so their `.tensors/` views compose as for
+      // a plain .nemo; the NemoArchive keeps the GzipSource (and through it the file) alive.
+      const auto* file = dynamic_cast<const FileSource*>(src.get());
+      auto gz = open_gzip(src, file ? file->path() : std::string());
+      auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, gz));
+      if (warnings) {
+        *warnings = nemo->warnings;
+        if (!gz->cache_note().empty()) warnings->push_back(gz->cache_note());
+      }
+      if (keep) *keep = nemo;
+      return;
+    }
     default:
       not_yet(f, src->describe());
   }
 }
 
-void build_dir(Format f, Tree& tree, NodeId dir, const FileSet& files) {
-  (void)tree;
-  (void)dir;
-  not_yet(f, files.describe());
+void build_dir(Format f, Tree& tree, NodeId dir, const FileSet& files, std::vector<std::string>* warnings = nullptr) {
+  switch (f) {
+    case Format::HfDir:
+      build_hf(tree, dir, files, warnings);
+      return;
+    case Format::Dcp:
+      dcp::build_dcp(tree, dir, files);
+      return;
+    default:
+      not_yet(f, files.describe());
+  }
 }
 
 }  // namespace
@@ -127,7 +162,7 @@ Checkpoint open_checkpoint(const std::string& path) {
     cp.format = sniff_dir(dir);
     if (cp.format == Format::Unknown)
       throw FormatError("detect", "not a checkpoint folder (no .metadata, model.safetensors.index.json or *.safetensors)");
-    build_dir(cp.format, cp.tree, Tree::kRoot, dir);
+    build_dir(cp.format, cp.tree, Tree::kRoot, dir, &cp.warnings);
     return cp;
   }
   auto src = std::make_shared<FileSource>(path);

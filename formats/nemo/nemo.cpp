@@ -71,6 +71,16 @@ void add_checkpoint_views(Tree& tree, std::vector<std::string>& warnings) {
         if (n.data->size() == 0) continue;
         view = nested_file_view(n.data);
       } else {
+        // Only folders whose own entries mark a checkpoint are candidates; testing the names first
+        // keeps indexing linear for archives with thousands of folders.
+        bool marked = false;
+        for (const auto& [cname, cid] : n.children) {
+          bool file = tree.node(cid).type == NodeType::File;
+          if (file && (cname == ".metadata" || cname == "model.safetensors.index.json" ||
+                       (cname.size() > 12 && cname.compare(cname.size() - 12, 12, ".safetensors") == 0)))
+            marked = true;
+        }
+        if (!marked) continue;
         TreeFileSet files(tree, id);
         view = nested_dir_view(files);
       }

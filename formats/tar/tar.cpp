@@ -1,5 +1,6 @@
 #include "formats/tar/tar.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 
@@ -154,7 +155,9 @@ TarIndex index_tar(const ByteSource& src) {
         (type == 'L' ? gnu_name : gnu_link) = s;
       }
       pending = true;
-      off = data_off + ((size + kBlock - 1) / kBlock) * kBlock;
+      // An extended header whose padding is cut off by EOF must still be reported as an orphan
+      // extended header below, not as a truncated block at an offset past the end.
+      off = std::min(total, data_off + ((size + kBlock - 1) / kBlock) * kBlock);
       continue;
     }
     if (type == 'S') throw FormatError(kFmt, off, "GNU sparse members are not supported");
@@ -180,7 +183,10 @@ TarIndex index_tar(const ByteSource& src) {
     }
     if (pax.size) size = *pax.size;
     switch (type) {
-      case '0': case '\0': case '7': e.type = TarType::File; break;
+      // Old (pre-POSIX) archives mark directories only by a trailing '/' on a '\0' entry; CPython
+      // reads those as directories too.
+      case '\0': e.type = !e.name.empty() && e.name.back() == '/' ? TarType::Dir : TarType::File; break;
+      case '0': case '7': e.type = TarType::File; break;
       case '5': e.type = TarType::Dir; break;
       case '2': e.type = TarType::Symlink; break;
       case '1': e.type = TarType::Hardlink; break;

@@ -110,9 +110,12 @@ RunResult Mount::umount() {
 }
 
 Mount::~Mount() {
-  if (!mounted_) return;
-  RunResult r = run({nemofs_bin(), "umount", mp_}, 600);
-  if (r.status != 0) run({"fusermount3", "-u", "-z", mp_});
+  if (mounted_) {
+    RunResult r = run({nemofs_bin(), "umount", mp_}, 600);
+    if (r.status == 0) return;
+  }
+  // Whatever happened, never leave a mount behind.
+  if (run({"mountpoint", "-q", mp_}).status == 0) run({"fusermount3", "-u", "-z", mp_});
 }
 
 }  // namespace nemofs::testing

@@ -54,3 +54,18 @@ TEST(ReadOnlyMount, UmountOfSomethingElseIsRefused) {
   auto r = run({nemofs_bin(), "umount", tmp.path()});
   EXPECT_EQ(r.status, 6) << r.err;
 }
+
+TEST(ReadOnlyMount, SafetensorsZoo) { expect_fixture_matches("safetensors/zoo.safetensors"); }
+TEST(ReadOnlyMount, HfTinyLlamaFolder) { expect_fixture_matches("hf/tiny-llama"); }
+TEST(ReadOnlyMount, TorchZoo) { expect_fixture_matches("torch/zoo.pt"); }
+TEST(ReadOnlyMount, TorchNested) { expect_fixture_matches("torch/nested.pt"); }
+TEST(ReadOnlyMount, TorchLegacy) { expect_fixture_matches("torch/legacy.pt"); }
+TEST(ReadOnlyMount, LightningTiny) { expect_fixture_matches("lightning/tiny.ckpt"); }
+TEST(ReadOnlyMount, NemoAsrCtcWithTensorViews) { expect_fixture_matches("nemo/asr_ctc.nemo"); }
+TEST(ReadOnlyMount, DcpSingle) { expect_fixture_matches("dcp/single"); }
+TEST(ReadOnlyMount, DcpSharded1d) { expect_fixture_matches("dcp/sharded_1d"); }
+TEST(ReadOnlyMount, DcpSharded2d) { expect_fixture_matches("dcp/sharded_2d"); }
+TEST(ReadOnlyMount, DcpFsdp2Adam) { expect_fixture_matches("dcp/fsdp2_adam"); }
+TEST(ReadOnlyMount, LightningModelParallel) { expect_fixture_matches("lightning/model_parallel.ckpt"); }
+TEST(ReadOnlyMount, NemoMegatronWithDistributedView) { expect_fixture_matches("nemo/megatron_gpt.nemo"); }
+TEST(ReadOnlyMount, NemoLegacyGzipWithTensorViews) { expect_fixture_matches("nemo/asr_ctc_legacy_gz.nemo"); }

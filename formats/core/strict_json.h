@@ -1,0 +1,26 @@
+// Strict JSON at the format boundary: UTF-8 checked, duplicate keys refused, nesting bounded.
+//
+// nlohmann::json silently keeps the last of two equal keys; safetensors' README says duplicate keys
+// are disallowed and an index with two entries for one tensor is ambiguous, so every checkpoint
+// JSON goes through parse_strict_json. The nesting limit (128, serde_json's) keeps hostile headers
+// from building trees that recursive code (dump, compare, destroy) would walk too deep.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace nemofs {
+
+// Offset of the first byte that is not part of well-formed UTF-8 (overlongs, surrogates and code
+// points above U+10FFFF are ill-formed), or nullopt when all of `text` is valid.
+std::optional<size_t> find_invalid_utf8(std::string_view text);
+
+// Parses `text` as one JSON value (surrounding JSON whitespace allowed). Throws
+// FormatError(format, base_offset + position, ...) with distinct messages for: invalid UTF-8,
+// malformed JSON, a duplicate key in any object, nesting deeper than 128.
+nlohmann::json parse_strict_json(std::string_view text, const char* format, uint64_t base_offset);
+
+}  // namespace nemofs

@@ -1,0 +1,264 @@
+// The .metadata pickle -> dcp::Metadata (see dcp.h for the layout).
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
+#include <set>
+
+#include "formats/core/checked.h"
+#include "formats/core/errors.h"
+#include "formats/core/tensor.h"
+#include "formats/dcp/dcp.h"
+#include "formats/pickle/pickle.h"
+
+namespace nemofs::dcp {
+namespace {
+
+using pickle::Kind;
+using pickle::Value;
+
+constexpr const char* kFmt = "dcp";
+
+[[noreturn]] void bad(const std::string& msg) { throw FormatError(kFmt, ".metadata: " + msg); }
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The class name of an Object (after the last '.'), "" otherwise.
+std::string class_name(const Value* v) {
+  if (!v || !v->is(Kind::Object) || !v->cls || !v->cls->is(Kind::Global)) return {};
+  return v->cls->name;
+}
+
+// A dataclass instance's fields: the BUILD state dict, or the dict half of a (dict, slots) tuple.
+// Null when the object carries no dict state (fields left at their defaults).
+const Value* fields(const Value* obj) {
+  if (!obj || !obj->is(Kind::Object) || !obj->state) return nullptr;
+  const Value* s = obj->state;
+  if (s->is(Kind::Dict)) return s;
+  if (s->is(Kind::Tuple) && s->items.size() == 2) {
+    if (s->items[0]->is(Kind::Dict)) return s->items[0];
+    if (s->items[1]->is(Kind::Dict)) return s->items[1];
+  }
+  return nullptr;
+}
+
+const Value* field(const Value* obj, std::string_view name) {
+  const Value* f = fields(obj);
+  if (!f) return nullptr;
+  const Value* v = f->get(name);
+  if (v) return v;
+  // slots dataclasses: the second half of the state tuple holds the slot values
+  if (obj->state->is(Kind::Tuple) && obj->state->items.size() == 2 && obj->state->items[1]->is(Kind::Dict))
+    return obj->state->items[1]->get(name);
+  return nullptr;
+}
+
+// `what` is a callable giving the field's name; messages are only built on failure.
+template <typename W>
+std::vector<uint64_t> int_tuple(const Value* v, const W& what) {
+  if (!v || !(v->is(Kind::Tuple) || v->is(Kind::List))) bad(what() + " is not a tuple of ints");
+  std::vector<uint64_t> out;
+  out.reserve(v->items.size());
+  for (const Value* x : v->items) {
+    if (!x->is(Kind::Int) || x->i < 0) bad(what() + " holds something that is not a non-negative int");
+    out.push_back(static_cast<uint64_t>(x->i));
+  }
+  return out;
+}
+
+template <typename W>
+uint64_t nonneg(const Value* v, const W& what) {
+  if (!v || !v->is(Kind::Int) || v->i < 0) bad(what() + " is not a non-negative int");
+  return static_cast<uint64_t>(v->i);
+}
+
+std::string dtype_of(const Value* props, const std::string& fqn) {
+  const Value* d = nullptr;
+  if (props && props->is(Kind::Object) && props->state) {
+    if (props->state->is(Kind::Tuple) && !props->state->items.empty()) d = props->state->items[0];
+    else if (props->state->is(Kind::Dict)) d = props->state->get("dtype");
+  }
+  if (!d) bad("tensor '" + fqn + "' has no TensorProperties dtype");
+  if (!d->is(Kind::Global) || d->tag != pickle::Tag::TorchDtype)
+    bad("tensor '" + fqn + "' has dtype " + (d->is(Kind::Global) ? d->qualified_name() : "of an unknown kind") +
+        ", not a torch dtype");
+  return d->dtype;
+}
+
+template <typename W>
+StorageInfo storage_info(const Value* v, const W& what) {
+  if (!v || !v->is(Kind::Object)) bad(what() + ": storage entry is not a _StorageInfo");
+  StorageInfo s;
+  const Value* path = field(v, "relative_path");
+  if (!path || !path->is(Kind::Str)) bad(what() + ": _StorageInfo has no relative_path");
+  s.file = path->str;
+  s.offset = nonneg(field(v, "offset"), [&] { return what() + ": _StorageInfo offset"; });
+  s.length = nonneg(field(v, "length"), [&] { return what() + ": _StorageInfo length"; });
+  if (const Value* t = field(v, "transform_descriptors"); t && !t->is(Kind::None)) {
+    if (!(t->is(Kind::List) || t->is(Kind::Tuple))) bad(what() + ": transform_descriptors is not a list");
+    for (const Value* x : t->items) {
+      if (!x->is(Kind::Str)) bad(what() + ": a transform descriptor is not a str");
+      s.transforms.push_back(x->str);
+    }
+  }
+  return s;
+}
+
+// storage_data grouped by fqn; a chunk is matched by offsets (its position in the list first,
+// which is where writers usually put it, then a per-fqn map built on demand).
+struct StorageIndex {
+  struct Item {
+    std::vector<uint64_t> offsets;
+    bool has_offset = false;
+    const Value* info = nullptr;
+  };
+  struct Group {
+    std::vector<Item> items;
+    mutable std::unique_ptr<std::map<std::vector<uint64_t>, const Value*>> by_offsets;
+  };
+  std::unordered_map<std::string_view, Group> by_fqn;
+
+  const Value* find(const std::string& fqn, const std::vector<uint64_t>* offsets, size_t position) const {
+    auto it = by_fqn.find(fqn);
+    if (it == by_fqn.end()) return nullptr;
+    const Group& g = it->second;
+    if (!offsets) {
+      for (const Item& x : g.items)
+        if (!x.has_offset) return x.info;
+      return nullptr;
+    }
+    if (position < g.items.size() && g.items[position].has_offset && g.items[position].offsets == *offsets)
+      return g.items[position].info;
+    if (!g.by_offsets) {
+      g.by_offsets = std::make_unique<std::map<std::vector<uint64_t>, const Value*>>();
+      for (const Item& x : g.items)
+        if (x.has_offset) g.by_offsets->emplace(x.offsets, x.info);
+    }
+    auto f = g.by_offsets->find(*offsets);
+    return f == g.by_offsets->end() ? nullptr : f->second;
+  }
+};
+
+uint64_t box_hash(const Box& b) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto* v : {&b.offsets, &b.sizes})
+    for (uint64_t x : *v) h = (h ^ x) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace
+
+Metadata parse_metadata(const ByteSource& src) {
+  pickle::Document doc = pickle::unpickle(src, 0);
+  const Value* root = doc.root;
+  std::string cls = class_name(root);
+  if (!ends_with(cls, "Metadata") || !fields(root))
+    bad("not a distributed checkpoint Metadata object (found " +
+        (cls.empty() ? std::string("a ") + (root ? "non-object value" : "nothing") : root->qualified_name()) + ")");
+  const Value* sdm = field(root, "state_dict_metadata");
+  if (!sdm || !sdm->is(Kind::Dict)) bad("Metadata has no state_dict_metadata dict");
+  const Value* sd = field(root, "storage_data");
+  if (sd && sd->is(Kind::None)) sd = nullptr;
+  if (sd && !sd->is(Kind::Dict)) bad("Metadata.storage_data is not a dict");
+  const Value* pd = field(root, "planner_data");
+  if (pd && !pd->is(Kind::Dict)) pd = nullptr;  // None or a planner's own object: keys stay flat
+  const Value* mcore = field(root, "mcore_data");
+
+  Metadata md;
+  if (const Value* v = field(root, "version"); v && v->is(Kind::Str)) md.version = v->str;
+
+  StorageIndex storage;
+  if (sd) {
+    for (const auto& [k, v] : sd->entries) {
+      const Value* fqn = field(k, "fqn");
+      if (!fqn || !fqn->is(Kind::Str)) bad("a storage_data key is not a MetadataIndex with an fqn");
+      StorageIndex::Item item;
+      item.info = v;
+      const Value* off = field(k, "offset");
+      if (off && !off->is(Kind::None)) {
+        item.offsets = int_tuple(off, [&] { return "MetadataIndex('" + fqn->str + "').offset"; });
+        item.has_offset = true;
+      }
+      storage.by_fqn[fqn->str].items.push_back(std::move(item));
+    }
+  }
+
+  std::set<std::string> seen;
+  md.entries.reserve(sdm->entries.size());
+  for (const auto& [k, v] : sdm->entries) {
+    if (!k->is(Kind::Str)) bad("a state_dict_metadata key is not a str");
+    Entry e;
+    e.fqn = k->str;
+    if (!seen.insert(e.fqn).second) bad("key '" + e.fqn + "' appears twice");
+    const std::string what = "'" + e.fqn + "'";
+    std::string kind = class_name(v);
+    if (kind == "BytesStorageMetadata") {
+      const Value* info = storage.find(e.fqn, nullptr, 0);
+      if (!info) bad(what + ": bytes entry has no storage_data entry");
+      e.storage = storage_info(info, [&] { return what; });
+    } else if (kind == "TensorStorageMetadata" || (v->is(Kind::Object) && field(v, "chunks"))) {
+      e.is_tensor = true;
+      e.torch_dtype = dtype_of(field(v, "properties"), e.fqn);
+      e.shape = int_tuple(field(v, "size"), [&] { return what + " size"; });
+      const Value* chunks = field(v, "chunks");
+      if (!chunks || !(chunks->is(Kind::List) || chunks->is(Kind::Tuple))) bad(what + " has no chunks list");
+      std::unordered_multimap<uint64_t, size_t> boxes;  // hash -> index in e.chunks
+      e.chunks.reserve(chunks->items.size());
+      for (size_t i = 0; i < chunks->items.size(); ++i) {
+        const Value* c = chunks->items[i];
+        auto cw = [&] { return what + " chunk " + std::to_string(i); };
+        Chunk ch;
+        ch.box.offsets = int_tuple(field(c, "offsets"), [&] { return cw() + " offsets"; });
+        ch.box.sizes = int_tuple(field(c, "sizes"), [&] { return cw() + " sizes"; });
+        // Replicas written more than once share one storage entry; keep the first.
+        const uint64_t h = box_hash(ch.box);
+        bool replica = false;
+        for (auto [b, end] = boxes.equal_range(h); b != end && !replica; ++b) {
+          const Box& other = e.chunks[b->second].box;
+          replica = other.offsets == ch.box.offsets && other.sizes == ch.box.sizes;
+        }
+        if (replica) continue;
+        const Value* info = storage.find(e.fqn, &ch.box.offsets, i);
+        if (!info) {
+          bool empty = std::any_of(ch.box.sizes.begin(), ch.box.sizes.end(), [](uint64_t s) { return s == 0; });
+          if (empty) continue;  // zero-size shards hold no bytes; some writers skip their items
+          bad(what + ": chunk " + std::to_string(i) + " at offsets " + [&] {
+            std::string s = "[";
+            for (size_t d = 0; d < ch.box.offsets.size(); ++d) s += (d ? ", " : "") + std::to_string(ch.box.offsets[d]);
+            return s + "]";
+          }() + " has no storage_data entry");
+        }
+        ch.storage = storage_info(info, cw);
+        boxes.emplace(h, e.chunks.size());
+        e.chunks.push_back(std::move(ch));
+      }
+      if (mcore && mcore->is(Kind::Dict))
+        if (const Value* m = mcore->get(e.fqn))
+          if (const Value* o = m->get("nd_reformulated_orig_global_shape")) e.mcore_orig_shape = pickle::to_json(*o);
+    } else {
+      bad(what + ": unknown storage metadata " + (v->is(Kind::Object) ? v->qualified_name() : "value"));
+    }
+    if (pd) {
+      if (const Value* p = pd->get(e.fqn); p && (p->is(Kind::Tuple) || p->is(Kind::List)) && !p->items.empty()) {
+        std::vector<PathElem> path;
+        bool ok = true;
+        for (const Value* x : p->items) {
+          PathElem pe;
+          if (x->is(Kind::Str)) pe.key = x->str;
+          else if (x->is(Kind::Int)) pe.is_index = true, pe.index = x->i;
+          else ok = false;
+          path.push_back(std::move(pe));
+        }
+        if (ok) e.path = std::move(path);
+      }
+    }
+    md.entries.push_back(std::move(e));
+  }
+  return md;
+}
+
+}  // namespace nemofs::dcp

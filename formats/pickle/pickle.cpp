@@ -1,0 +1,1388 @@
+#include "formats/pickle/pickle.h"
+
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "formats/core/checked.h"
+#include "formats/core/errors.h"
+
+namespace nemofs::pickle {
+namespace {
+
+constexpr const char* kFmt = "pickle";
+
+// ---------------------------------------------------------------------------------------------
+// Allowlist. Add an entry here to give a global a symbolic tag; everything else stays an inert
+// name. Modules are matched after the protocol-2 remapping below.
+
+struct AllowEntry {
+  const char* module;
+  const char* name;
+  Tag tag;
+};
+
+constexpr AllowEntry kAllowlist[] = {
+    {"collections", "OrderedDict", Tag::OrderedDict},
+    {"collections", "defaultdict", Tag::DefaultDict},
+    {"collections", "Counter", Tag::Counter},
+    {"builtins", "dict", Tag::BuiltinDict},
+    {"builtins", "list", Tag::BuiltinList},
+    {"builtins", "tuple", Tag::BuiltinTuple},
+    {"builtins", "set", Tag::BuiltinSet},
+    {"builtins", "frozenset", Tag::BuiltinFrozenSet},
+    {"builtins", "bytes", Tag::BuiltinBytes},
+    {"builtins", "bytearray", Tag::BuiltinByteArray},
+    {"builtins", "getattr", Tag::Getattr},
+    {"_codecs", "encode", Tag::CodecsEncode},
+    {"copyreg", "_reconstructor", Tag::Reconstructor},
+    {"copyreg", "__newobj__", Tag::NewObj},
+    {"torch", "Size", Tag::TorchSize},
+    {"torch", "device", Tag::TorchDevice},
+    {"torch.serialization", "_get_layout", Tag::GetLayout},
+    {"torch", "UntypedStorage", Tag::UntypedStorage},
+    {"torch.storage", "UntypedStorage", Tag::UntypedStorage},
+    {"torch.storage", "TypedStorage", Tag::TypedStorage},
+    {"torch", "per_tensor_affine", Tag::TorchQScheme},
+    {"torch", "per_tensor_symmetric", Tag::TorchQScheme},
+    {"torch", "per_channel_affine", Tag::TorchQScheme},
+    {"torch", "per_channel_symmetric", Tag::TorchQScheme},
+    {"torch", "per_channel_affine_float_qparams", Tag::TorchQScheme},
+    {"torch._utils", "_rebuild_tensor", Tag::RebuildTensor},
+    {"torch._utils", "_rebuild_tensor_v2", Tag::RebuildTensorV2},
+    {"torch._utils", "_rebuild_tensor_v3", Tag::RebuildTensorV3},
+    {"torch._utils", "_rebuild_parameter", Tag::RebuildParameter},
+    {"torch._utils", "_rebuild_parameter_with_state", Tag::RebuildParameterWithState},
+    {"torch._tensor", "_rebuild_from_type_v2", Tag::RebuildFromTypeV2},
+    {"torch._utils", "_rebuild_from_type_v2", Tag::RebuildFromTypeV2},
+    {"torch._utils", "_rebuild_qtensor", Tag::RebuildOtherTensor},
+    {"torch._utils", "_rebuild_sparse_tensor", Tag::RebuildOtherTensor},
+    {"torch._utils", "_rebuild_nested_tensor", Tag::RebuildOtherTensor},
+    {"torch._utils", "_rebuild_meta_tensor_no_storage", Tag::RebuildOtherTensor},
+    {"torch._utils", "_rebuild_wrapper_subclass", Tag::RebuildOtherTensor},
+    {"torch._utils", "_rebuild_device_tensor_from_cpu_tensor", Tag::RebuildOtherTensor},
+    {"torch._utils", "_rebuild_device_tensor_from_numpy", Tag::RebuildOtherTensor},
+    {"torch._utils", "_rebuild_xla_tensor", Tag::RebuildOtherTensor},
+    {"torch._utils", "_rebuild_mlc_tensor", Tag::RebuildOtherTensor},
+    {"torch._tensor", "_rebuild_from_type", Tag::RebuildOtherTensor},
+};
+
+// torch.<X>Storage / torch.cuda.<X>Storage -> dtype (torch/storage.py _dtype_to_storage_type_map).
+struct StorageClass {
+  const char* name;
+  const char* dtype;
+};
+constexpr StorageClass kStorageClasses[] = {
+    {"DoubleStorage", "float64"},   {"FloatStorage", "float32"},      {"HalfStorage", "float16"},
+    {"BFloat16Storage", "bfloat16"}, {"LongStorage", "int64"},        {"IntStorage", "int32"},
+    {"ShortStorage", "int16"},      {"CharStorage", "int8"},          {"ByteStorage", "uint8"},
+    {"BoolStorage", "bool"},        {"ComplexDoubleStorage", "complex128"},
+    {"ComplexFloatStorage", "complex64"}, {"QInt8Storage", "qint8"},  {"QUInt8Storage", "quint8"},
+    {"QInt32Storage", "qint32"},    {"QUInt4x2Storage", "quint4x2"},  {"QUInt2x4Storage", "quint2x4"},
+};
+
+constexpr const char* kTorchDtypes[] = {
+    "float64", "double", "float32", "float", "float16", "half", "bfloat16", "int64", "long", "int32",
+    "int", "int16", "short", "int8", "uint8", "bool", "uint16", "uint32", "uint64", "complex32",
+    "chalf", "complex64", "cfloat", "complex128", "cdouble", "float8_e4m3fn", "float8_e5m2",
+    "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "qint8", "quint8",
+    "qint32", "quint4x2", "quint2x4", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2",
+    "uint1", "uint2", "uint3", "uint4", "uint5", "uint6", "uint7",
+    "int1", "int2", "int3", "int4", "int5", "int6", "int7",
+};
+
+constexpr const char* kTorchLayouts[] = {"strided", "sparse_coo", "sparse_csr", "sparse_csc",
+                                         "sparse_bsr", "sparse_bsc", "_mkldnn", "jagged"};
+
+// CPython Lib/_compat_pickle.py (the entries a checkpoint can plausibly hold) and
+// torch/serialization.py load_module_mapping.
+struct NameMap {
+  const char* from_module;
+  const char* from_name;  // nullptr: whole module
+  const char* to_module;
+  const char* to_name;
+};
+constexpr NameMap kNameMap[] = {
+    {"__builtin__", "xrange", "builtins", "range"},
+    {"__builtin__", "reduce", "functools", "reduce"},
+    {"__builtin__", "intern", "sys", "intern"},
+    {"__builtin__", "unichr", "builtins", "chr"},
+    {"__builtin__", "unicode", "builtins", "str"},
+    {"__builtin__", "long", "builtins", "int"},
+    {"__builtin__", "basestring", "builtins", "str"},
+    {"itertools", "izip", "builtins", "zip"},
+    {"itertools", "imap", "builtins", "map"},
+    {"itertools", "ifilter", "builtins", "filter"},
+    {"itertools", "ifilterfalse", "itertools", "filterfalse"},
+    {"itertools", "izip_longest", "itertools", "zip_longest"},
+    {"UserDict", "UserDict", "collections", "UserDict"},
+    {"UserList", "UserList", "collections", "UserList"},
+    {"UserString", "UserString", "collections", "UserString"},
+    {"__builtin__", nullptr, "builtins", nullptr},
+    {"copy_reg", nullptr, "copyreg", nullptr},
+    {"Queue", nullptr, "queue", nullptr},
+    {"cPickle", nullptr, "pickle", nullptr},
+    {"cStringIO", nullptr, "io", nullptr},
+    {"StringIO", nullptr, "io", nullptr},
+    {"exceptions", nullptr, "builtins", nullptr},
+    {"torch.tensor", nullptr, "torch._tensor", nullptr},
+};
+
+// ---------------------------------------------------------------------------------------------
+
+const char* opname(uint8_t op) {
+  switch (op) {
+    case 0x80: return "PROTO";
+    case 0x95: return "FRAME";
+    case '.': return "STOP";
+    case '(': return "MARK";
+    case '0': return "POP";
+    case '1': return "POP_MARK";
+    case '2': return "DUP";
+    case 'I': return "INT";
+    case 'J': return "BININT";
+    case 'K': return "BININT1";
+    case 'M': return "BININT2";
+    case 'L': return "LONG";
+    case 0x8a: return "LONG1";
+    case 0x8b: return "LONG4";
+    case 'F': return "FLOAT";
+    case 'G': return "BINFLOAT";
+    case 'S': return "STRING";
+    case 'T': return "BINSTRING";
+    case 'U': return "SHORT_BINSTRING";
+    case 'V': return "UNICODE";
+    case 'X': return "BINUNICODE";
+    case 0x8c: return "SHORT_BINUNICODE";
+    case 0x8d: return "BINUNICODE8";
+    case 'B': return "BINBYTES";
+    case 'C': return "SHORT_BINBYTES";
+    case 0x8e: return "BINBYTES8";
+    case 0x96: return "BYTEARRAY8";
+    case 'N': return "NONE";
+    case 0x88: return "NEWTRUE";
+    case 0x89: return "NEWFALSE";
+    case ']': return "EMPTY_LIST";
+    case 'a': return "APPEND";
+    case 'e': return "APPENDS";
+    case 'l': return "LIST";
+    case ')': return "EMPTY_TUPLE";
+    case 't': return "TUPLE";
+    case 0x85: return "TUPLE1";
+    case 0x86: return "TUPLE2";
+    case 0x87: return "TUPLE3";
+    case '}': return "EMPTY_DICT";
+    case 'd': return "DICT";
+    case 's': return "SETITEM";
+    case 'u': return "SETITEMS";
+    case 0x8f: return "EMPTY_SET";
+    case 0x90: return "ADDITEMS";
+    case 0x91: return "FROZENSET";
+    case 'g': return "GET";
+    case 'h': return "BINGET";
+    case 'j': return "LONG_BINGET";
+    case 'p': return "PUT";
+    case 'q': return "BINPUT";
+    case 'r': return "LONG_BINPUT";
+    case 0x94: return "MEMOIZE";
+    case 'c': return "GLOBAL";
+    case 0x93: return "STACK_GLOBAL";
+    case 'R': return "REDUCE";
+    case 'b': return "BUILD";
+    case 0x81: return "NEWOBJ";
+    case 0x92: return "NEWOBJ_EX";
+    case 'o': return "OBJ";
+    case 'i': return "INST";
+    case 'P': return "PERSID";
+    case 'Q': return "BINPERSID";
+    case 0x82: return "EXT1";
+    case 0x83: return "EXT2";
+    case 0x84: return "EXT4";
+    case 0x97: return "NEXT_BUFFER";
+    case 0x98: return "READONLY_BUFFER";
+  }
+  return nullptr;
+}
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::None: return "None";
+    case Kind::Bool: return "bool";
+    case Kind::Int: return "int";
+    case Kind::BigInt: return "int";
+    case Kind::Float: return "float";
+    case Kind::Str: return "str";
+    case Kind::Bytes: return "bytes";
+    case Kind::List: return "list";
+    case Kind::Tuple: return "tuple";
+    case Kind::Dict: return "dict";
+    case Kind::Set: return "set";
+    case Kind::FrozenSet: return "frozenset";
+    case Kind::Global: return "global";
+    case Kind::Object: return "object";
+    case Kind::PersistentId: return "persistent id";
+  }
+  return "?";
+}
+
+bool valid_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
+    i += n;
+  }
+  return true;
+}
+
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+// Decodes UTF-8 into code points; false on malformed input.
+bool utf8_codepoints(std::string_view s, std::vector<uint32_t>& out) {
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
+    for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+    out.push_back(cp);
+    i += n;
+  }
+  return true;
+}
+
+int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Magnitude (big-endian base 2^32 limbs) to decimal.
+std::string limbs_to_decimal(std::vector<uint32_t> limbs, bool negative) {
+  std::string digits;
+  while (!limbs.empty()) {
+    uint64_t rem = 0;
+    for (auto& l : limbs) {
+      uint64_t cur = (rem << 32) | l;
+      l = static_cast<uint32_t>(cur / 1000000000u);
+      rem = cur % 1000000000u;
+    }
+    while (!limbs.empty() && limbs.front() == 0) limbs.erase(limbs.begin());
+    for (int k = 0; k < 9; ++k) {
+      digits += static_cast<char>('0' + rem % 10);
+      rem /= 10;
+      if (limbs.empty() && rem == 0) break;
+    }
+  }
+  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+  if (digits.empty()) digits = "0";
+  if (negative && digits != "0") digits += '-';
+  return {digits.rbegin(), digits.rend()};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffered reads from a ByteSource; every length is checked against the bytes left first.
+
+class Reader {
+ public:
+  Reader(const ByteSource& src, uint64_t pos) : src_(src), pos_(pos), end_(src.size()) {}
+
+  uint64_t pos() const { return pos_; }
+  uint64_t left() const { return pos_ < end_ ? end_ - pos_ : 0; }
+
+  // Throws the "truncated" error for an inline argument of n bytes.
+  void need(uint64_t n, uint64_t op_at, uint8_t op) const {
+    if (n > left())
+      throw FormatError(kFmt, op_at, std::string("truncated: ") + opname(op) + " needs " + std::to_string(n) +
+                                         " bytes of argument, only " + std::to_string(left()) + " left");
+  }
+  void length_ok(uint64_t n, uint64_t op_at, uint8_t op) const {
+    if (n > left())
+      throw FormatError(kFmt, op_at, std::string(opname(op)) + " length " + std::to_string(n) +
+                                         " exceeds the " + std::to_string(left()) + " bytes left in the stream");
+  }
+
+  bool at_end() const { return pos_ >= end_; }
+
+  uint8_t byte() {
+    if (pos_ >= buf_start_ + buf_.size() || pos_ < buf_start_) fill();
+    return static_cast<uint8_t>(buf_[pos_++ - buf_start_]);
+  }
+
+  void copy(void* out, size_t n) {
+    auto* o = static_cast<char*>(out);
+    while (n > 0) {
+      if (pos_ >= buf_start_ + buf_.size() || pos_ < buf_start_) fill();
+      size_t avail = static_cast<size_t>(buf_start_ + buf_.size() - pos_);
+      size_t k = std::min(avail, n);
+      std::memcpy(o, buf_.data() + (pos_ - buf_start_), k);
+      o += k;
+      pos_ += k;
+      n -= k;
+    }
+  }
+
+  std::string take(size_t n) {
+    std::string s(n, '\0');
+    copy(s.data(), n);
+    return s;
+  }
+
+  void skip(uint64_t n) { pos_ += n; }
+
+  // A '\n'-terminated line (without the '\n').
+  std::string line(size_t max, uint64_t op_at, uint8_t op) {
+    std::string s;
+    while (true) {
+      if (at_end())
+        throw FormatError(kFmt, op_at, std::string("truncated: ") + opname(op) + " argument has no end of line");
+      char c = static_cast<char>(byte());
+      if (c == '\n') return s;
+      if (s.size() >= max)
+        throw FormatError(kFmt, op_at, std::string(opname(op)) + " argument line is longer than " + std::to_string(max) + " bytes");
+      s += c;
+    }
+  }
+
+ private:
+  void fill() {
+    if (pos_ >= end_) throw FormatError(kFmt, pos_, "truncated: the stream ends before STOP");
+    size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, end_ - pos_));
+    buf_.resize(n);
+    size_t got = src_.read_at(pos_, buf_.data(), n);
+    if (got != n) throw FormatError(kFmt, pos_ + got, "truncated: the source ended early");
+    buf_start_ = pos_;
+  }
+
+  static constexpr size_t kChunk = 1u << 16;
+  const ByteSource& src_;
+  uint64_t pos_;
+  uint64_t end_;
+  std::string buf_;
+  uint64_t buf_start_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+class Machine {
+ public:
+  Machine(const ByteSource& src, uint64_t offset, const Limits& limits)
+      : in_(src, offset), limits_(limits), arena_(std::make_shared<Arena>()) {
+    // No sane writer memoizes more objects than it has bytes.
+    input_len_ = in_.left();
+  }
+
+  Document run();
+
+ private:
+  [[noreturn]] void fail(const std::string& msg) const { throw FormatError(kFmt, op_at_, msg); }
+
+  Value* make(Kind k) { return arena_->make(k); }
+  Value* make_int(int64_t v) {
+    Value* x = make(Kind::Int);
+    x->i = v;
+    return x;
+  }
+  Value* make_str(std::string s) {
+    Value* x = make(Kind::Str);
+    x->str = std::move(s);
+    return x;
+  }
+  Value* make_bytes(std::string s) {
+    Value* x = make(Kind::Bytes);
+    x->str = std::move(s);
+    return x;
+  }
+
+  void push(Value* v) {
+    if (stack_.size() >= limits_.max_stack) fail("stack deeper than " + std::to_string(limits_.max_stack) + " entries");
+    stack_.push_back(v);
+  }
+  size_t frame_base() const { return marks_.empty() ? 0 : marks_.back(); }
+  void need_stack(size_t n) const {
+    size_t have = stack_.size() - frame_base();
+    if (have < n)
+      fail(std::string("stack underflow: ") + opname(op_) + " needs " + std::to_string(n) + " value" +
+           (n == 1 ? "" : "s") + ", the stack has " + std::to_string(have) + (marks_.empty() ? "" : " above the last MARK"));
+  }
+  Value* pop() {
+    need_stack(1);
+    Value* v = stack_.back();
+    stack_.pop_back();
+    return v;
+  }
+  Value* top() {
+    need_stack(1);
+    return stack_.back();
+  }
+  std::vector<Value*> pop_mark() {
+    if (marks_.empty()) fail(std::string("MARK missing: ") + opname(op_) + " needs a MARK on the stack");
+    size_t base = marks_.back();
+    marks_.pop_back();
+    std::vector<Value*> items(stack_.begin() + static_cast<std::ptrdiff_t>(base), stack_.end());
+    stack_.resize(base);
+    return items;
+  }
+
+  void nest(Value* container, const Value* item) {
+    uint32_t d = item->depth + 1;
+    if (d > container->depth) {
+      if (d > limits_.max_depth) fail("containers nested deeper than " + std::to_string(limits_.max_depth) + " levels");
+      container->depth = d;
+    }
+  }
+  Value* make_seq(Kind k, std::vector<Value*> items) {
+    Value* v = make(k);
+    for (Value* it : items) nest(v, it);
+    v->items = std::move(items);
+    return v;
+  }
+
+  void memo_put(uint64_t idx) {
+    Value* v = top();
+    if (idx >= limits_.max_memo || idx > memo_.size() + 65536 || idx > input_len_)
+      fail(std::string("memo index ") + std::to_string(idx) + " is out of range (" + opname(op_) + ")");
+    if (idx >= memo_.size()) memo_.resize(idx + 1, nullptr);
+    if (!memo_[idx]) ++memo_count_;
+    memo_[idx] = v;
+  }
+  Value* memo_get(uint64_t idx) {
+    if (idx >= memo_.size() || !memo_[idx])
+      fail(std::string("memo index ") + std::to_string(idx) + " was never stored (" + opname(op_) + ")");
+    return memo_[idx];
+  }
+
+  uint64_t parse_index(const std::string& line) {
+    uint64_t v = 0;
+    auto r = std::from_chars(line.data(), line.data() + line.size(), v);
+    if (r.ec != std::errc() || r.ptr != line.data() + line.size())
+      fail(std::string(opname(op_)) + " argument '" + line.substr(0, 40) + "' is not a memo index");
+    return v;
+  }
+
+  Value* int_from_decimal(std::string text);
+  Value* int_from_le(const std::string& bytes);
+  Value* resolve_global(std::string module, std::string name);
+  Value* resolve_global_uncached(std::string module, std::string name);
+  Value* call(Value* callable, Value* args, Value* kwargs, bool newobj);
+  Value* encode(const Value* s, const Value* enc);
+  std::vector<Value*> seq_items(Value* v) const;
+  void add_items(Value* target, std::vector<Value*> items);
+  void set_items(Value* target, std::vector<Value*> kv);
+  std::string decode_string_escape(const std::string& quoted);
+  std::string decode_raw_unicode_escape(const std::string& raw);
+
+  Reader in_;
+  Limits limits_;
+  std::shared_ptr<Arena> arena_;
+  uint64_t input_len_ = 0;
+  std::vector<Value*> stack_;
+  std::vector<size_t> marks_;
+  std::vector<Value*> memo_;
+  size_t memo_count_ = 0;
+  std::unordered_map<std::string, Value*> globals_;
+  uint64_t op_at_ = 0;
+  uint8_t op_ = 0;
+};
+
+Value* Machine::int_from_decimal(std::string text) {
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\r')) text.pop_back();
+  size_t start = 0;
+  while (start < text.size() && text[start] == ' ') ++start;
+  text = text.substr(start);
+  bool neg = false;
+  size_t i = 0;
+  if (i < text.size() && (text[i] == '-' || text[i] == '+')) neg = text[i++] == '-';
+  if (i == text.size()) fail(std::string(opname(op_)) + " argument is not an integer");
+  for (size_t k = i; k < text.size(); ++k)
+    if (text[k] < '0' || text[k] > '9') fail(std::string(opname(op_)) + " argument '" + text.substr(0, 40) + "' is not an integer");
+  if (text.size() - i > limits_.max_int_bytes * 5 / 2)
+    fail(std::string(opname(op_)) + " integer has more than " + std::to_string(limits_.max_int_bytes * 5 / 2) + " digits");
+  int64_t v = 0;
+  auto r = std::from_chars(text.data() + (text[0] == '+' ? 1 : 0), text.data() + text.size(), v);
+  if (r.ec == std::errc() && r.ptr == text.data() + text.size()) return make_int(v);
+  while (i + 1 < text.size() && text[i] == '0') ++i;
+  Value* x = make(Kind::BigInt);
+  x->str = (neg ? "-" : "") + text.substr(i);
+  return x;
+}
+
+Value* Machine::int_from_le(const std::string& bytes) {
+  if (bytes.empty()) return make_int(0);
+  size_t n = bytes.size();
+  bool neg = static_cast<unsigned char>(bytes[n - 1]) & 0x80;
+  std::vector<unsigned char> mag(bytes.begin(), bytes.end());
+  if (neg) {  // two's complement magnitude
+    for (auto& c : mag) c = static_cast<unsigned char>(~c);
+    for (auto& c : mag) {
+      if (++c != 0) break;
+    }
+  }
+  while (!mag.empty() && mag.back() == 0) mag.pop_back();
+  if (mag.size() <= 8) {
+    uint64_t m = 0;
+    for (size_t k = mag.size(); k-- > 0;) m = (m << 8) | mag[k];
+    if (!neg && m <= static_cast<uint64_t>(INT64_MAX)) return make_int(static_cast<int64_t>(m));
+    if (neg && m <= static_cast<uint64_t>(INT64_MAX) + 1) return make_int(static_cast<int64_t>(0 - m));
+  }
+  std::vector<uint32_t> limbs((mag.size() + 3) / 4, 0);
+  for (size_t k = 0; k < mag.size(); ++k) limbs[limbs.size() - 1 - k / 4] |= static_cast<uint32_t>(mag[k]) << (8 * (k % 4));
+  Value* x = make(Kind::BigInt);
+  x->str = limbs_to_decimal(std::move(limbs), neg);
+  return x;
+}
+
+Value* Machine::resolve_global(std::string module, std::string name) {
+  // One Value per distinct name, as Python has one object per class.
+  std::string cache_key = module + '\n' + name;
+  if (auto it = globals_.find(cache_key); it != globals_.end()) return it->second;
+  Value* g = resolve_global_uncached(std::move(module), std::move(name));
+  globals_.emplace(std::move(cache_key), g);
+  return g;
+}
+
+Value* Machine::resolve_global_uncached(std::string module, std::string name) {
+  for (const auto& m : kNameMap) {
+    if (module != m.from_module) continue;
+    if (m.from_name && name == m.from_name) {
+      module = m.to_module;
+      name = m.to_name;
+      break;
+    }
+    if (!m.from_name) {
+      module = m.to_module;
+      break;
+    }
+  }
+  Value* g = make(Kind::Global);
+  for (const auto& a : kAllowlist) {
+    if (module == a.module && name == a.name) {
+      g->tag = a.tag;
+      break;
+    }
+  }
+  if (g->tag == Tag::Unknown && (module == "torch" || module == "torch.cuda")) {
+    for (const auto& s : kStorageClasses)
+      if (name == s.name) {
+        g->tag = Tag::TypedStorage;
+        g->dtype = s.dtype;
+      }
+    if (module == "torch") {
+      for (const char* d : kTorchDtypes)
+        if (name == d) {
+          g->tag = Tag::TorchDtype;
+          g->dtype = d;
+        }
+      for (const char* l : kTorchLayouts)
+        if (name == l) g->tag = Tag::TorchLayout;
+    }
+  }
+  g->str = std::move(module);
+  g->name = std::move(name);
+  return g;
+}
+
+std::vector<Value*> Machine::seq_items(Value* v) const {
+  if (v->is(Kind::Tuple) || v->is(Kind::List)) return v->items;
+  fail(std::string(opname(op_)) + " arguments are a " + kind_name(v->kind) + ", not a tuple");
+}
+
+Value* Machine::encode(const Value* s, const Value* enc) {
+  if (!s->is(Kind::Str)) return nullptr;
+  std::string e = enc && enc->is(Kind::Str) ? enc->str : "utf-8";
+  for (auto& c : e) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (e == "utf-8" || e == "utf8") return make_bytes(s->str);
+  if (e == "latin1" || e == "latin-1" || e == "iso-8859-1" || e == "iso8859-1") {
+    std::vector<uint32_t> cps;
+    if (!utf8_codepoints(s->str, cps)) return nullptr;
+    std::string out;
+    out.reserve(cps.size());
+    for (uint32_t cp : cps) {
+      if (cp > 255) return nullptr;
+      out += static_cast<char>(cp);
+    }
+    return make_bytes(std::move(out));
+  }
+  return nullptr;
+}
+
+// Evaluates plain-data constructors; every other call is an inert Object.
+Value* Machine::call(Value* callable, Value* args, Value* kwargs, bool newobj) {
+  auto inert = [&]() {
+    Value* o = make(Kind::Object);
+    o->cls = callable;
+    o->tag = callable->is(Kind::Global) ? callable->tag : Tag::Unknown;
+    o->items = args->items;
+    for (Value* it : o->items) nest(o, it);
+    if (kwargs) nest(o, kwargs);
+    o->kwargs = kwargs;
+    return o;
+  };
+  if (!callable->is(Kind::Global)) return inert();
+  const auto& a = args->items;
+  bool no_kwargs = !kwargs || (kwargs->is(Kind::Dict) && kwargs->entries.empty());
+  if (!no_kwargs) return inert();
+  switch (callable->tag) {
+    case Tag::OrderedDict:
+    case Tag::BuiltinDict:
+    case Tag::Counter:
+    case Tag::DefaultDict: {
+      Value* d = make(Kind::Dict);
+      if (callable->tag == Tag::DefaultDict || a.empty()) return d;
+      if (a.size() != 1) return inert();
+      if (a[0]->is(Kind::Dict)) {
+        d->entries = a[0]->entries;
+      } else if (a[0]->is(Kind::List) || a[0]->is(Kind::Tuple)) {
+        for (Value* kv : a[0]->items) {
+          if (!(kv->is(Kind::List) || kv->is(Kind::Tuple)) || kv->items.size() != 2) return inert();
+          d->entries.emplace_back(kv->items[0], kv->items[1]);
+        }
+      } else {
+        return inert();
+      }
+      for (auto& [k, v] : d->entries) {
+        nest(d, k);
+        nest(d, v);
+      }
+      return d;
+    }
+    case Tag::BuiltinList:
+    case Tag::BuiltinTuple:
+    case Tag::BuiltinSet:
+    case Tag::BuiltinFrozenSet: {
+      Kind k = callable->tag == Tag::BuiltinList    ? Kind::List
+               : callable->tag == Tag::BuiltinTuple ? Kind::Tuple
+               : callable->tag == Tag::BuiltinSet   ? Kind::Set
+                                                    : Kind::FrozenSet;
+      if (a.empty()) return make(k);
+      if (a.size() != 1) return inert();
+      const Value* src = a[0];
+      if (src->is(Kind::List) || src->is(Kind::Tuple) || src->is(Kind::Set) || src->is(Kind::FrozenSet))
+        return make_seq(k, src->items);
+      if (src->is(Kind::Dict)) {
+        std::vector<Value*> keys;
+        for (auto& [key, val] : src->entries) keys.push_back(key);
+        return make_seq(k, std::move(keys));
+      }
+      return inert();
+    }
+    case Tag::BuiltinBytes:
+    case Tag::BuiltinByteArray: {
+      if (a.empty()) return make_bytes({});
+      if (a[0]->is(Kind::Bytes) && a.size() == 1) return make_bytes(a[0]->str);
+      if (a[0]->is(Kind::Str) && a.size() <= 2) {
+        if (Value* b = encode(a[0], a.size() == 2 ? a[1] : nullptr)) return b;
+        return inert();
+      }
+      if ((a[0]->is(Kind::List) || a[0]->is(Kind::Tuple)) && a.size() == 1) {
+        std::string out;
+        for (const Value* x : a[0]->items) {
+          if (!x->is(Kind::Int) || x->i < 0 || x->i > 255) return inert();
+          out += static_cast<char>(x->i);
+        }
+        return make_bytes(std::move(out));
+      }
+      return inert();
+    }
+    case Tag::CodecsEncode:
+      if (newobj || a.empty() || a.size() > 3) return inert();
+      if (Value* b = encode(a[0], a.size() >= 2 ? a[1] : nullptr)) return b;
+      return inert();
+    case Tag::Getattr:
+      if (!newobj && a.size() == 2 && a[0]->is(Kind::Global) && a[1]->is(Kind::Str)) {
+        Value* g = make(Kind::Global);
+        g->str = a[0]->str;
+        g->name = a[0]->name + "." + a[1]->str;
+        return g;
+      }
+      return inert();
+    case Tag::Reconstructor:
+      if (!newobj && a.size() == 3) {
+        Value* o = make(Kind::Object);
+        o->cls = a[0];
+        o->tag = a[0]->is(Kind::Global) ? a[0]->tag : Tag::Unknown;
+        if (!a[2]->is(Kind::None)) {
+          o->state = a[2];
+          nest(o, a[2]);
+        }
+        return o;
+      }
+      return inert();
+    case Tag::NewObj:
+      if (!newobj && !a.empty()) {
+        Value* inner = make_seq(Kind::Tuple, std::vector<Value*>(a.begin() + 1, a.end()));
+        return call(a[0], inner, nullptr, true);
+      }
+      return inert();
+    case Tag::TorchSize:
+      if (a.size() == 1 && (a[0]->is(Kind::Tuple) || a[0]->is(Kind::List))) return make_seq(Kind::Tuple, a[0]->items);
+      if (a.empty()) return make(Kind::Tuple);
+      return inert();
+    case Tag::GetLayout:
+      if (!newobj && a.size() == 1 && a[0]->is(Kind::Str)) {
+        std::string s = a[0]->str;
+        size_t dot = s.rfind('.');
+        Value* g = make(Kind::Global);
+        g->str = dot == std::string::npos ? "torch" : s.substr(0, dot);
+        g->name = dot == std::string::npos ? s : s.substr(dot + 1);
+        g->tag = Tag::TorchLayout;
+        return g;
+      }
+      return inert();
+    default:
+      return inert();
+  }
+}
+
+void Machine::add_items(Value* target, std::vector<Value*> items) {
+  std::vector<Value*>* dst = nullptr;
+  if (op_ == 0x90) {  // ADDITEMS
+    if (target->is(Kind::Set)) dst = &target->items;
+  } else if (target->is(Kind::List)) {
+    dst = &target->items;
+  }
+  if (!dst && target->is(Kind::Object)) dst = &target->listitems;
+  if (!dst)
+    fail(std::string(opname(op_)) + " target is a " + kind_name(target->kind) + ", not a " +
+         (op_ == 0x90 ? "set" : "list"));
+  for (Value* v : items) nest(target, v);
+  dst->insert(dst->end(), items.begin(), items.end());
+}
+
+void Machine::set_items(Value* target, std::vector<Value*> kv) {
+  if (kv.size() % 2) fail(std::string(opname(op_)) + " has an odd number of items (a key without a value)");
+  std::vector<std::pair<Value*, Value*>>* dst = nullptr;
+  if (target->is(Kind::Dict) || target->is(Kind::Object)) dst = &target->entries;
+  if (!dst) fail(std::string(opname(op_)) + " target is a " + kind_name(target->kind) + ", not a dict");
+  for (size_t k = 0; k < kv.size(); k += 2) {
+    nest(target, kv[k]);
+    nest(target, kv[k + 1]);
+    dst->emplace_back(kv[k], kv[k + 1]);
+  }
+}
+
+std::string Machine::decode_string_escape(const std::string& line) {
+  std::string s = line;
+  while (!s.empty() && (s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  if (s.size() < 2 || (s.front() != '\'' && s.front() != '"') || s.back() != s.front())
+    fail("STRING argument is not a quoted string");
+  s = s.substr(1, s.size() - 2);
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '\\' || i + 1 == s.size()) {
+      out += s[i];
+      continue;
+    }
+    char c = s[++i];
+    switch (c) {
+      case 'n': out += '\n'; break;
+      case 't': out += '\t'; break;
+      case 'r': out += '\r'; break;
+      case 'a': out += '\a'; break;
+      case 'b': out += '\b'; break;
+      case 'f': out += '\f'; break;
+      case 'v': out += '\v'; break;
+      case '\\': out += '\\'; break;
+      case '\'': out += '\''; break;
+      case '"': out += '"'; break;
+      case '\n': break;
+      case 'x': {
+        int h = i + 2 < s.size() ? hexval(s[i + 1]) : -1, l = i + 2 < s.size() ? hexval(s[i + 2]) : -1;
+        if (h < 0 || l < 0) fail("STRING argument has a bad \\x escape");
+        out += static_cast<char>(h * 16 + l);
+        i += 2;
+        break;
+      }
+      default:
+        if (c >= '0' && c <= '7') {
+          int v = c - '0';
+          for (int k = 0; k < 2 && i + 1 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '7'; ++k) v = v * 8 + (s[++i] - '0');
+          out += static_cast<char>(v & 0xFF);
+        } else {
+          out += '\\';
+          out += c;
+        }
+    }
+  }
+  return out;
+}
+
+std::string Machine::decode_raw_unicode_escape(const std::string& raw) {
+  std::string out;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    auto c = static_cast<unsigned char>(raw[i]);
+    if (c == '\\' && i + 1 < raw.size() && (raw[i + 1] == 'u' || raw[i + 1] == 'U')) {
+      size_t n = raw[i + 1] == 'u' ? 4 : 8;
+      if (i + 2 + n > raw.size()) fail("UNICODE argument has a truncated \\u escape");
+      uint32_t cp = 0;
+      for (size_t k = 0; k < n; ++k) {
+        int h = hexval(raw[i + 2 + k]);
+        if (h < 0) fail("UNICODE argument has a bad \\u escape");
+        cp = cp * 16 + static_cast<uint32_t>(h);
+      }
+      if (cp > 0x10FFFF) fail("UNICODE argument has a code point beyond U+10FFFF");
+      append_utf8(out, cp);
+      i += 1 + n;
+    } else {
+      append_utf8(out, c);  // raw-unicode-escape: every other byte is Latin-1
+    }
+  }
+  return out;
+}
+
+Document Machine::run() {
+  while (true) {
+    op_at_ = in_.pos();
+    if (in_.at_end()) throw FormatError(kFmt, op_at_, "truncated: the stream ends before STOP");
+    op_ = in_.byte();
+    switch (op_) {
+      case 0x80: {  // PROTO
+        in_.need(1, op_at_, op_);
+        uint8_t v = in_.byte();
+        if (v > 5) fail("unsupported pickle protocol " + std::to_string(v) + " (0-5 are known)");
+        break;
+      }
+      case 0x95: {  // FRAME: framing is only a read-ahead hint
+        in_.need(8, op_at_, op_);
+        unsigned char b[8];
+        in_.copy(b, 8);
+        uint64_t n = load_le<uint64_t>(b);
+        in_.length_ok(n, op_at_, op_);
+        break;
+      }
+      case '.': {  // STOP
+        Value* v = pop();
+        return Document{arena_, v, in_.pos()};
+      }
+      case '(':
+        marks_.push_back(stack_.size());
+        if (marks_.size() > limits_.max_stack) fail("too many MARKs");
+        break;
+      case '0':  // POP
+        if (stack_.size() > frame_base()) stack_.pop_back();
+        else pop_mark();
+        break;
+      case '1':  // POP_MARK
+        pop_mark();
+        break;
+      case '2':  // DUP
+        push(top());
+        break;
+      case 'I': {
+        std::string s = in_.line(limits_.max_line, op_at_, op_);
+        if (s == "00" || s == "01") {
+          Value* v = make(Kind::Bool);
+          v->b = s == "01";
+          push(v);
+        } else {
+          push(int_from_decimal(s));
+        }
+        break;
+      }
+      case 'J': {
+        in_.need(4, op_at_, op_);
+        unsigned char b[4];
+        in_.copy(b, 4);
+        push(make_int(load_le<int32_t>(b)));
+        break;
+      }
+      case 'K':
+        in_.need(1, op_at_, op_);
+        push(make_int(in_.byte()));
+        break;
+      case 'M': {
+        in_.need(2, op_at_, op_);
+        unsigned char b[2];
+        in_.copy(b, 2);
+        push(make_int(load_le<uint16_t>(b)));
+        break;
+      }
+      case 'L': {
+        std::string s = in_.line(limits_.max_line, op_at_, op_);
+        if (!s.empty() && (s.back() == 'L' || s.back() == 'l')) s.pop_back();
+        push(int_from_decimal(s));
+        break;
+      }
+      case 0x8a:
+      case 0x8b: {  // LONG1 / LONG4
+        uint64_t n;
+        if (op_ == 0x8a) {
+          in_.need(1, op_at_, op_);
+          n = in_.byte();
+        } else {
+          in_.need(4, op_at_, op_);
+          unsigned char b[4];
+          in_.copy(b, 4);
+          int32_t len = load_le<int32_t>(b);
+          if (len < 0) fail("LONG4 has a negative length " + std::to_string(len));
+          n = static_cast<uint64_t>(len);
+        }
+        in_.length_ok(n, op_at_, op_);
+        if (n > limits_.max_int_bytes)
+          fail(std::string(opname(op_)) + " integer of " + std::to_string(n) + " bytes is larger than the " +
+               std::to_string(limits_.max_int_bytes) + "-byte limit");
+        push(int_from_le(in_.take(static_cast<size_t>(n))));
+        break;
+      }
+      case 'F': {
+        std::string s = in_.line(limits_.max_line, op_at_, op_);
+        double d = 0;
+        const char* b = s.data();
+        const char* e = s.data() + s.size();
+        while (b < e && *b == ' ') ++b;
+        if (b < e && *b == '+') ++b;
+        auto r = std::from_chars(b, e, d);
+        if (r.ec != std::errc() || r.ptr != e) fail("FLOAT argument '" + s.substr(0, 40) + "' is not a number");
+        Value* v = make(Kind::Float);
+        v->f = d;
+        push(v);
+        break;
+      }
+      case 'G': {
+        in_.need(8, op_at_, op_);
+        unsigned char b[8];
+        in_.copy(b, 8);
+        uint64_t bits = 0;
+        for (int k = 0; k < 8; ++k) bits = (bits << 8) | b[k];  // big-endian
+        Value* v = make(Kind::Float);
+        std::memcpy(&v->f, &bits, 8);
+        push(v);
+        break;
+      }
+      case 'S': {
+        std::string s = decode_string_escape(in_.line(limits_.max_line, op_at_, op_));
+        push(valid_utf8(s) ? make_str(std::move(s)) : make_bytes(std::move(s)));
+        break;
+      }
+      case 'T':
+      case 'U': {  // BINSTRING / SHORT_BINSTRING: Python 2 str
+        uint64_t n;
+        if (op_ == 'U') {
+          in_.need(1, op_at_, op_);
+          n = in_.byte();
+        } else {
+          in_.need(4, op_at_, op_);
+          unsigned char b[4];
+          in_.copy(b, 4);
+          int32_t len = load_le<int32_t>(b);
+          if (len < 0) fail("BINSTRING has a negative length " + std::to_string(len));
+          n = static_cast<uint64_t>(len);
+        }
+        in_.length_ok(n, op_at_, op_);
+        std::string s = in_.take(static_cast<size_t>(n));
+        push(valid_utf8(s) ? make_str(std::move(s)) : make_bytes(std::move(s)));
+        break;
+      }
+      case 'V':
+        push(make_str(decode_raw_unicode_escape(in_.line(limits_.max_line, op_at_, op_))));
+        break;
+      case 'X':
+      case 0x8c:
+      case 0x8d:
+      case 'B':
+      case 'C':
+      case 0x8e:
+      case 0x96: {
+        uint64_t n;
+        size_t w = (op_ == 0x8c || op_ == 'C') ? 1 : (op_ == 'X' || op_ == 'B') ? 4 : 8;
+        in_.need(w, op_at_, op_);
+        unsigned char b[8] = {};
+        in_.copy(b, w);
+        n = w == 1 ? b[0] : w == 4 ? load_le<uint32_t>(b) : load_le<uint64_t>(b);
+        in_.length_ok(n, op_at_, op_);
+        std::string s = in_.take(static_cast<size_t>(n));
+        bool text = op_ == 'X' || op_ == 0x8c || op_ == 0x8d;
+        push(text ? make_str(std::move(s)) : make_bytes(std::move(s)));
+        break;
+      }
+      case 'N':
+        push(make(Kind::None));
+        break;
+      case 0x88:
+      case 0x89: {
+        Value* v = make(Kind::Bool);
+        v->b = op_ == 0x88;
+        push(v);
+        break;
+      }
+      case ']':
+        push(make(Kind::List));
+        break;
+      case ')':
+        push(make(Kind::Tuple));
+        break;
+      case '}':
+        push(make(Kind::Dict));
+        break;
+      case 0x8f:
+        push(make(Kind::Set));
+        break;
+      case 'l':
+        push(make_seq(Kind::List, pop_mark()));
+        break;
+      case 't':
+        push(make_seq(Kind::Tuple, pop_mark()));
+        break;
+      case 0x91:
+        push(make_seq(Kind::FrozenSet, pop_mark()));
+        break;
+      case 0x85:
+      case 0x86:
+      case 0x87: {
+        size_t n = static_cast<size_t>(op_ - 0x84);
+        need_stack(n);
+        std::vector<Value*> items(stack_.end() - static_cast<std::ptrdiff_t>(n), stack_.end());
+        stack_.resize(stack_.size() - n);
+        push(make_seq(Kind::Tuple, std::move(items)));
+        break;
+      }
+      case 'd': {
+        auto kv = pop_mark();
+        Value* d = make(Kind::Dict);
+        set_items(d, std::move(kv));
+        push(d);
+        break;
+      }
+      case 'a': {
+        need_stack(2);
+        Value* x = pop();
+        add_items(top(), {x});
+        break;
+      }
+      case 'e':
+      case 0x90: {
+        auto items = pop_mark();
+        add_items(top(), std::move(items));
+        break;
+      }
+      case 's': {
+        need_stack(3);
+        Value* v = pop();
+        Value* k = pop();
+        set_items(top(), {k, v});
+        break;
+      }
+      case 'u': {
+        auto kv = pop_mark();
+        set_items(top(), std::move(kv));
+        break;
+      }
+      case 'g':
+        push(memo_get(parse_index(in_.line(limits_.max_line, op_at_, op_))));
+        break;
+      case 'h':
+        in_.need(1, op_at_, op_);
+        push(memo_get(in_.byte()));
+        break;
+      case 'j': {
+        in_.need(4, op_at_, op_);
+        unsigned char b[4];
+        in_.copy(b, 4);
+        push(memo_get(load_le<uint32_t>(b)));
+        break;
+      }
+      case 'p':
+        memo_put(parse_index(in_.line(limits_.max_line, op_at_, op_)));
+        break;
+      case 'q':
+        in_.need(1, op_at_, op_);
+        memo_put(in_.byte());
+        break;
+      case 'r': {
+        in_.need(4, op_at_, op_);
+        unsigned char b[4];
+        in_.copy(b, 4);
+        memo_put(load_le<uint32_t>(b));
+        break;
+      }
+      case 0x94:
+        memo_put(memo_count_);
+        break;
+      case 'c': {
+        std::string module = in_.line(limits_.max_line, op_at_, op_);
+        std::string name = in_.line(limits_.max_line, op_at_, op_);
+        push(resolve_global(std::move(module), std::move(name)));
+        break;
+      }
+      case 0x93: {
+        need_stack(2);
+        Value* name = pop();
+        Value* module = pop();
+        if (!module->is(Kind::Str) || !name->is(Kind::Str)) fail("STACK_GLOBAL needs two str values (module, name)");
+        push(resolve_global(module->str, name->str));
+        break;
+      }
+      case 'R': {
+        need_stack(2);
+        Value* args = pop();
+        Value* callable = pop();
+        Value* tuple = make_seq(Kind::Tuple, seq_items(args));
+        push(call(callable, tuple, nullptr, false));
+        break;
+      }
+      case 0x81: {
+        need_stack(2);
+        Value* args = pop();
+        Value* cls = pop();
+        push(call(cls, make_seq(Kind::Tuple, seq_items(args)), nullptr, true));
+        break;
+      }
+      case 0x92: {
+        need_stack(3);
+        Value* kwargs = pop();
+        Value* args = pop();
+        Value* cls = pop();
+        if (!kwargs->is(Kind::Dict)) fail("NEWOBJ_EX keyword arguments are not a dict");
+        push(call(cls, make_seq(Kind::Tuple, seq_items(args)), kwargs, true));
+        break;
+      }
+      case 'b': {
+        need_stack(2);
+        Value* state = pop();
+        Value* obj = top();
+        if (obj->is(Kind::Object) && obj->state && obj->state->is(Kind::Dict) && state->is(Kind::Dict) &&
+            obj->state != state) {
+          Value* merged = make(Kind::Dict);
+          merged->entries = obj->state->entries;
+          merged->entries.insert(merged->entries.end(), state->entries.begin(), state->entries.end());
+          merged->depth = std::max(obj->state->depth, state->depth);
+          state = merged;
+        }
+        nest(obj, state);
+        obj->state = state;
+        break;
+      }
+      case 'i': {
+        std::string module = in_.line(limits_.max_line, op_at_, op_);
+        std::string name = in_.line(limits_.max_line, op_at_, op_);
+        auto items = pop_mark();
+        Value* cls = resolve_global(std::move(module), std::move(name));
+        push(call(cls, make_seq(Kind::Tuple, std::move(items)), nullptr, false));
+        break;
+      }
+      case 'o': {
+        auto items = pop_mark();
+        if (items.empty()) fail("OBJ needs a class after its MARK");
+        Value* cls = items.front();
+        push(call(cls, make_seq(Kind::Tuple, std::vector<Value*>(items.begin() + 1, items.end())), nullptr, false));
+        break;
+      }
+      case 'P': {
+        Value* p = make(Kind::PersistentId);
+        p->cls = make_str(in_.line(limits_.max_line, op_at_, op_));
+        push(p);
+        break;
+      }
+      case 'Q': {
+        Value* pid = pop();
+        Value* p = make(Kind::PersistentId);
+        p->cls = pid;
+        nest(p, pid);
+        push(p);
+        break;
+      }
+      case 0x82:
+      case 0x83:
+      case 0x84:
+        fail(std::string(opname(op_)) + ": the copyreg extension registry is not supported");
+      case 0x97:
+      case 0x98:
+        fail(std::string(opname(op_)) + ": out-of-band pickle buffers are not supported");
+      default: {
+        static const char* hex = "0123456789abcdef";
+        fail(std::string("unknown opcode 0x") + hex[op_ >> 4] + hex[op_ & 15]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+class Renderer {
+ public:
+  Renderer(RenderBudget& b, const RenderHook& hook) : budget_(b), hook_(hook) {}
+
+  nlohmann::ordered_json render(const Value& v, uint32_t depth) {
+    if (budget_.nodes_left == 0)
+      throw FormatError(kFmt, "value too large to render (shared references expand beyond the node budget)");
+    --budget_.nodes_left;
+    if (depth > budget_.max_depth)
+      throw FormatError(kFmt, "containers nested deeper than " + std::to_string(budget_.max_depth) + " levels");
+    if (hook_) {
+      if (auto j = hook_(v)) return *j;
+    }
+    bool container = v.kind >= Kind::List;
+    if (container && !on_path_.insert(&v).second) {
+      std::string what = v.qualified_name();
+      return nlohmann::ordered_json{{"__cycle__", what.empty() ? kind_name(v.kind) : what}};
+    }
+    nlohmann::ordered_json j = render_inner(v, depth);
+    if (container) on_path_.erase(&v);
+    return j;
+  }
+
+  std::string key(const Value& k, uint32_t depth) {
+    switch (k.kind) {
+      case Kind::Str: return k.str;
+      case Kind::Int: return std::to_string(k.i);
+      case Kind::BigInt: return k.str;
+      case Kind::Bool: return k.b ? "true" : "false";
+      case Kind::None: return "null";
+      default: return render(k, depth).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+  }
+
+ private:
+  nlohmann::ordered_json array(const std::vector<Value*>& items, uint32_t depth) {
+    auto a = nlohmann::ordered_json::array();
+    for (const Value* x : items) a.push_back(render(*x, depth + 1));
+    return a;
+  }
+  nlohmann::ordered_json object(const std::vector<std::pair<Value*, Value*>>& entries, uint32_t depth) {
+    auto o = nlohmann::ordered_json::object();
+    for (const auto& [k, x] : entries) o[key(*k, depth + 1)] = render(*x, depth + 1);
+    return o;
+  }
+
+  nlohmann::ordered_json render_inner(const Value& v, uint32_t depth) {
+    using J = nlohmann::ordered_json;
+    switch (v.kind) {
+      case Kind::None: return nullptr;
+      case Kind::Bool: return v.b;
+      case Kind::Int: return v.i;
+      case Kind::BigInt: {
+        if (v.str[0] != '-') {
+          uint64_t u = 0;
+          auto r = std::from_chars(v.str.data(), v.str.data() + v.str.size(), u);
+          if (r.ec == std::errc() && r.ptr == v.str.data() + v.str.size()) return u;
+        }
+        return v.str;
+      }
+      case Kind::Float:
+        if (std::isnan(v.f)) return "NaN";
+        if (std::isinf(v.f)) return v.f > 0 ? "Infinity" : "-Infinity";
+        return v.f;
+      case Kind::Str: return v.str;
+      case Kind::Bytes: return J{{"__bytes__", base64(v.str)}};
+      case Kind::List:
+      case Kind::Tuple: return array(v.items, depth);
+      case Kind::Set: return J{{"__set__", array(v.items, depth)}};
+      case Kind::FrozenSet: return J{{"__frozenset__", array(v.items, depth)}};
+      case Kind::Dict: return object(v.entries, depth);
+      case Kind::Global: return J{{"__global__", v.qualified_name()}};
+      case Kind::PersistentId: return J{{"__persistent_id__", render(*v.cls, depth + 1)}};
+      case Kind::Object: {
+        J o = J::object();
+        std::string cls = v.qualified_name();
+        if (!cls.empty()) {
+          o["__class__"] = cls;
+        } else {
+          o["__class__"] = nullptr;
+          o["callable"] = v.cls ? render(*v.cls, depth + 1) : J();
+        }
+        o["args"] = array(v.items, depth);
+        if (v.kwargs && !v.kwargs->entries.empty()) o["kwargs"] = render(*v.kwargs, depth + 1);
+        if (v.state) o["state"] = render(*v.state, depth + 1);
+        if (!v.listitems.empty()) o["listitems"] = array(v.listitems, depth);
+        if (!v.entries.empty()) o["dictitems"] = object(v.entries, depth);
+        return o;
+      }
+    }
+    return nullptr;
+  }
+
+  RenderBudget& budget_;
+  const RenderHook& hook_;
+  std::unordered_set<const Value*> on_path_;
+};
+
+}  // namespace
+
+std::string Value::qualified_name() const {
+  if (kind == Kind::Global) return str.empty() ? name : str + "." + name;
+  if (kind == Kind::Object && cls && cls->kind == Kind::Global) return cls->qualified_name();
+  return {};
+}
+
+const Value* Value::get(std::string_view key) const {
+  if (kind != Kind::Dict) return nullptr;
+  for (const auto& [k, v] : entries)
+    if (k->kind == Kind::Str && k->str == key) return v;
+  return nullptr;
+}
+
+Document unpickle(const ByteSource& src, uint64_t offset, const Limits& limits) {
+  Machine m(src, offset, limits);
+  return m.run();
+}
+
+Document unpickle(std::string_view bytes, const Limits& limits) {
+  MemorySource src{std::string(bytes), "<pickle>"};
+  return unpickle(src, 0, limits);
+}
+
+nlohmann::ordered_json to_json(const Value& v, RenderBudget& budget, const RenderHook& hook) {
+  Renderer r(budget, hook);
+  return r.render(v, 0);
+}
+
+nlohmann::ordered_json to_json(const Value& v) {
+  RenderBudget b;
+  return to_json(v, b);
+}
+
+std::string key_text(const Value& key, RenderBudget& budget) {
+  RenderHook none;
+  Renderer r(budget, none);
+  return r.key(key, 0);
+}
+
+std::string base64(std::string_view in) {
+  static const char* tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t n = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8) |
+                 static_cast<unsigned char>(in[i + 2]);
+    out += tbl[n >> 18];
+    out += tbl[(n >> 12) & 63];
+    out += tbl[(n >> 6) & 63];
+    out += tbl[n & 63];
+  }
+  if (i < in.size()) {
+    uint32_t n = static_cast<unsigned char>(in[i]) << 16;
+    if (i + 1 < in.size()) n |= static_cast<unsigned char>(in[i + 1]) << 8;
+    out += tbl[n >> 18];
+    out += tbl[(n >> 12) & 63];
+    out += i + 1 < in.size() ? tbl[(n >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+}  // namespace nemofs::pickle

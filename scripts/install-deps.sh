@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything nemofs needs to build, test and benchmark on Debian 12 (run as root).
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps.sh: run as root (apt-get install)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+PACKAGES=(
+  build-essential cmake pkg-config git
+  libfuse3-dev fuse3
+  nlohmann-json3-dev libyaml-cpp-dev zlib1g-dev libdeflate-dev
+  googletest libgtest-dev libgmock-dev libssl-dev
+  clang libclang-rt-dev
+  python3 python3-yaml python3-numpy
+  go-md2man dpkg-dev file lintian
+  vim-tiny vim kmod
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# FUSE needs its device node; containers sometimes lack it.
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true

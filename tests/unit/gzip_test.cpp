@@ -1,0 +1,505 @@
+// gzip .nemo: the real legacy fixture against manifest.json, plus random access over a generated
+// gzip stream (compared with the original bytes), concurrency, corrupt and truncated streams, and
+// the persisted index (cache hit, stale, corrupt, forged, unwritable cache folder).
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "formats/core/checked.h"
+#include "formats/core/errors.h"
+#include "formats/detect/checkpoint.h"
+#include "formats/gzip/gzip_index.h"
+#include "formats/nemo/nemo.h"
+#include "tests/common/manifest_check.h"
+
+using namespace nemofs;
+using namespace nemofs::testing;
+
+namespace {
+
+std::string gzip_bytes(const std::string& data, int level = 6, gz_header* header = nullptr) {
+  z_stream s{};
+  if (deflateInit2(&s, level, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY) != Z_OK) throw std::runtime_error("deflateInit2");
+  if (header) deflateSetHeader(&s, header);
+  std::string out(deflateBound(&s, data.size()) + 64, '\0');
+  s.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  s.avail_in = static_cast<uInt>(data.size());
+  s.next_out = reinterpret_cast<Bytef*>(out.data());
+  s.avail_out = static_cast<uInt>(out.size());
+  int ret = deflate(&s, Z_FINISH);
+  out.resize(s.total_out);
+  deflateEnd(&s);
+  if (ret != Z_STREAM_END) throw std::runtime_error("deflate");
+  return out;
+}
+
+// Independent oracle: zlib's own gzip decoder, member after member.
+std::string gunzip_all(const std::string& gz) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < gz.size()) {
+    z_stream s{};
+    inflateInit2(&s, 31);
+    s.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(gz.data() + pos));
+    s.avail_in = static_cast<uInt>(gz.size() - pos);
+    char buf[1 << 16];
+    int ret;
+    do {
+      s.next_out = reinterpret_cast<Bytef*>(buf);
+      s.avail_out = sizeof buf;
+      ret = inflate(&s, Z_NO_FLUSH);
+      out.append(buf, sizeof buf - s.avail_out);
+    } while (ret == Z_OK);
+    size_t used = s.total_in;
+    inflateEnd(&s);
+    if (ret != Z_STREAM_END) throw std::runtime_error("gunzip_all: bad stream");
+    pos += used;
+  }
+  return out;
+}
+
+// Pseudo-random but compressible: words from a small random vocabulary, with runs of random bytes.
+std::string make_data(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::string> vocab;
+  for (int i = 0; i < 512; ++i) {
+    std::string w(3 + rng() % 9, 'a');
+    for (auto& c : w) c = static_cast<char>('a' + rng() % 26);
+    vocab.push_back(w);
+  }
+  std::string s;
+  s.reserve(n + 64);
+  while (s.size() < n) {
+    uint64_t r = rng();
+    if (r % 64 == 0) {
+      size_t len = 200 + r % 3000;
+      for (size_t i = 0; i < len; ++i) s.push_back(static_cast<char>(rng()));
+    } else {
+      s += vocab[r % vocab.size()];
+      s.push_back(" \n,."[(r >> 20) % 4]);
+    }
+  }
+  s.resize(n);
+  return s;
+}
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    std::string t = (std::filesystem::temp_directory_path() / "nemofs-gzip-XXXXXX").string();
+    if (!::mkdtemp(t.data())) throw std::runtime_error("mkdtemp");
+    path = t;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!f) throw std::runtime_error("write " + path);
+}
+
+// Overwrites the file's bytes in place (same inode) and optionally restores its mtime.
+void rewrite_in_place(const std::string& path, const std::string& bytes, bool keep_mtime) {
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  write_file(path, bytes);
+  if (keep_mtime) {
+    struct timespec ts[2] = {st.st_atim, st.st_mtim};
+    ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), ts, 0), 0);
+  }
+}
+
+std::string read_all(const ByteSource& s) { return read_exact(s, 0, static_cast<size_t>(s.size()), "test"); }
+
+const std::string& big_data() {
+  static const std::string d = make_data(24u << 20, 42);
+  return d;
+}
+const std::string& big_gz() {
+  static const std::string g = gzip_bytes(big_data());
+  return g;
+}
+
+// Dense access points so a few tens of MiB give hundreds of them.
+GzipOptions dense(const std::string& cache_dir) {
+  GzipOptions o;
+  o.min_span = 96 << 10;
+  o.max_index_ratio = 1.0;
+  o.block_size = 16 << 10;
+  o.cache_bytes = 4 << 20;
+  o.cache_dir = cache_dir;
+  o.progress = false;
+  return o;
+}
+
+std::shared_ptr<const GzipSource> open_file(const std::string& path, const GzipOptions& opt) {
+  return open_gzip(std::make_shared<FileSource>(path), path, opt);
+}
+
+class GzipFiles : public ::testing::Test {
+ protected:
+  TempDir dir;
+  std::string cache() const { return dir.path + "/cache"; }
+  std::string file(const std::string& name) const { return dir.path + "/" + name; }
+};
+
+}  // namespace
+
+TEST(GzipFixture, LegacyGzMembersMatchManifest) {
+  TempDir tmp;
+  const char* old = std::getenv("XDG_CACHE_HOME");
+  std::string saved = old ? old : "";
+  ::setenv("XDG_CACHE_HOME", tmp.path.c_str(), 1);
+  const std::string path = data_path("real/nemo/asr_ctc_legacy_gz.nemo");
+  for (int round = 0; round < 2; ++round) {
+    auto cp = open_checkpoint(path);
+    EXPECT_EQ(cp.format, Format::GzipTar);
+    EXPECT_FALSE(cp.writable_candidate);
+    auto bad = check_files(tree_view(cp.tree), fixture("nemo/asr_ctc_legacy_gz.nemo"));
+    EXPECT_TRUE(bad.empty()) << ::testing::PrintToString(bad);
+    // The archive the tree reads from is the gzip stream, indexed on the first open, cached after.
+    auto nemo = std::static_pointer_cast<NemoArchive>(cp.keepalive);
+    auto gz = std::dynamic_pointer_cast<const GzipSource>(nemo->archive);
+    ASSERT_TRUE(gz);
+    EXPECT_EQ(gz->origin(), round == 0 ? GzipIndexOrigin::Built : GzipIndexOrigin::LoadedFromCache) << gz->cache_note();
+    EXPECT_EQ(read_all(*gz), gunzip_all(read_whole_file(path)));
+  }
+  if (old) ::setenv("XDG_CACHE_HOME", saved.c_str(), 1);
+  else ::unsetenv("XDG_CACHE_HOME");
+}
+
+TEST(GzipFixture, MemberSourcesAreSubSourcesOfTheGzipStream) {
+  auto gz = open_gzip(std::make_shared<FileSource>(data_path("real/nemo/asr_ctc_legacy_gz.nemo")), "", {});
+  Tree tree;
+  auto nemo = build_nemo(tree, gz);
+  auto id = tree.resolve("model_weights.ckpt");
+  ASSERT_TRUE(id);
+  auto sub = std::dynamic_pointer_cast<const SubSource>(tree.node(*id).data);
+  ASSERT_TRUE(sub);
+  EXPECT_EQ(sub->parent().get(), gz.get());
+  EXPECT_FALSE(gz->file_range(0, 1));
+}
+
+TEST_F(GzipFiles, RandomReadsMatchTheOriginal) {
+  write_file(file("a.gz"), big_gz());
+  auto gz = open_file(file("a.gz"), dense(cache()));
+  const std::string& d = big_data();
+  ASSERT_EQ(gz->size(), d.size());
+  const auto& idx = gz->index();
+  EXPECT_GT(idx.points.size(), 100u);
+  EXPECT_EQ(idx.members, 1u);
+  std::mt19937_64 rng(7);
+  std::string buf;
+  for (int i = 0; i < 1500; ++i) {
+    uint64_t off = rng() % d.size();
+    size_t len = static_cast<size_t>(rng() % (i % 10 == 0 ? (3u << 20) : (64u << 10))) + 1;
+    buf.assign(len, '\0');
+    size_t got = gz->read_at(off, buf.data(), len);
+    ASSERT_EQ(got, std::min<uint64_t>(len, d.size() - off));
+    ASSERT_EQ(0, std::memcmp(buf.data(), d.data() + off, got)) << "off " << off << " len " << len;
+  }
+  // Across every access point.
+  for (size_t i = 1; i < idx.points.size(); ++i) {
+    uint64_t at = idx.points[i].out;
+    buf.assign(300, '\0');
+    ASSERT_EQ(gz->read_at(at - 150, buf.data(), 300), 300u);
+    ASSERT_EQ(0, std::memcmp(buf.data(), d.data() + at - 150, 300)) << "point " << i;
+  }
+  // The end, past the end, nothing.
+  buf.assign(100, '\0');
+  EXPECT_EQ(gz->read_at(d.size() - 10, buf.data(), 100), 10u);
+  EXPECT_EQ(0, std::memcmp(buf.data(), d.data() + d.size() - 10, 10));
+  EXPECT_EQ(gz->read_at(d.size(), buf.data(), 100), 0u);
+  EXPECT_EQ(gz->read_at(d.size() + 5, buf.data(), 100), 0u);
+  EXPECT_EQ(gz->read_at(5, buf.data(), 0), 0u);
+}
+
+TEST_F(GzipFiles, SixteenThreadsConcurrently) {
+  write_file(file("a.gz"), big_gz());
+  GzipOptions o = dense("");
+  o.cache_bytes = 1 << 20;  // small, so threads evict and re-inflate each other's blocks
+  auto gz = open_file(file("a.gz"), o);
+  const std::string& d = big_data();
+  std::atomic<int> bad{0}, errors{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 16; ++t)
+    ts.emplace_back([&, t] {
+      std::mt19937_64 rng(100 + t);
+      std::string buf;
+      for (int i = 0; i < 120; ++i) {
+        // Half the threads hammer one region so they meet on the same blocks.
+        uint64_t off = t % 2 ? rng() % d.size() : (4u << 20) + rng() % (1u << 20);
+        size_t len = static_cast<size_t>(rng() % (256u << 10)) + 1;
+        buf.assign(len, '\0');
+        try {
+          size_t got = gz->read_at(off, buf.data(), len);
+          if (got != std::min<uint64_t>(len, d.size() - off) || std::memcmp(buf.data(), d.data() + off, got) != 0) ++bad;
+        } catch (...) {
+          ++errors;
+        }
+      }
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(errors.load(), 0);
+  auto st = gz->stats();
+  EXPECT_GT(st.block_hits, 0u);
+  EXPECT_GT(st.blocks_inflated, 0u);
+}
+
+TEST_F(GzipFiles, SequentialReadInflatesEachBlockOnce) {
+  write_file(file("a.gz"), big_gz());
+  auto gz = open_file(file("a.gz"), dense(""));
+  const std::string& d = big_data();
+  std::string buf(128 << 10, '\0');
+  for (uint64_t off = 0; off < d.size(); off += buf.size()) {
+    size_t got = gz->read_at(off, buf.data(), buf.size());
+    ASSERT_EQ(0, std::memcmp(buf.data(), d.data() + off, got)) << off;
+  }
+  auto st = gz->stats();
+  EXPECT_EQ(st.blocks_inflated, gz->index().block_crcs.size());
+  EXPECT_EQ(st.cursor_starts, 1u);
+}
+
+TEST_F(GzipFiles, MultiMemberStreams) {
+  std::string a = make_data(700000, 1), b = make_data(3, 2), c = make_data(900000, 3);
+  std::string gz = gzip_bytes(a) + gzip_bytes("") + gzip_bytes(b, 1) + gzip_bytes(c, 9);
+  write_file(file("m.gz"), gz);
+  GzipOptions o = dense("");
+  o.min_span = 50000;
+  auto src = open_file(file("m.gz"), o);
+  EXPECT_EQ(src->index().members, 4u);
+  std::string all = a + b + c;
+  ASSERT_EQ(read_all(*src), all);
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 300; ++i) {
+    auto fresh = std::make_shared<GzipSource>(src->compressed(), std::make_shared<GzipIndex>(src->index()), 1 << 20);
+    uint64_t off = rng() % all.size();
+    std::string buf(static_cast<size_t>(rng() % 200000) + 1, '\0');
+    size_t got = fresh->read_at(off, buf.data(), buf.size());
+    ASSERT_EQ(0, std::memcmp(buf.data(), all.data() + off, got));
+  }
+  // Zero padding after the last member is accepted, other trailing bytes are not.
+  write_file(file("pad.gz"), gz + std::string(1000, '\0'));
+  EXPECT_EQ(read_all(*open_file(file("pad.gz"), o)), all);
+  write_file(file("junk.gz"), gz + "junk");
+  EXPECT_THROW(open_file(file("junk.gz"), o), FormatError);
+}
+
+TEST_F(GzipFiles, HeaderFieldsAndHeaderCrc) {
+  std::string data = make_data(100000, 9);
+  gz_header h{};
+  std::string extra = "AB\x04\x00wxyz", name = "model.tar", comment = "legacy";
+  h.extra = reinterpret_cast<Bytef*>(extra.data());
+  h.extra_len = static_cast<uInt>(extra.size());
+  h.name = reinterpret_cast<Bytef*>(name.data());
+  h.comment = reinterpret_cast<Bytef*>(comment.data());
+  h.hcrc = 1;
+  std::string gz = gzip_bytes(data, 6, &h);
+  auto src = open_gzip(std::make_shared<MemorySource>(gz), "", dense(""));
+  EXPECT_EQ(read_all(*src), data);
+  // Header CRC sits right before the deflate data: 10 + 2 + 8 + name + NUL + comment + NUL.
+  size_t hcrc_at = 10 + 2 + extra.size() + name.size() + 1 + comment.size() + 1;
+  std::string bad = gz;
+  bad[hcrc_at] ^= 1;
+  EXPECT_THROW(open_gzip(std::make_shared<MemorySource>(bad), "", dense("")), FormatError);
+  bad = gz;
+  bad[2] = 7;  // not deflate
+  EXPECT_THROW(open_gzip(std::make_shared<MemorySource>(bad), "", dense("")), FormatError);
+  bad = gz;
+  bad[3] |= 0x20;  // reserved flag
+  EXPECT_THROW(open_gzip(std::make_shared<MemorySource>(bad), "", dense("")), FormatError);
+}
+
+TEST_F(GzipFiles, CorruptStreamIsAFormatErrorAtIndexTime) {
+  const std::string& g = big_gz();
+  for (size_t at : {g.size() / 2, g.size() / 3, size_t{5000}, g.size() - 12}) {
+    std::string bad = g;
+    for (size_t i = 0; i < 4; ++i) bad[at + i] = static_cast<char>(bad[at + i] ^ 0x5a);
+    EXPECT_THROW(open_gzip(std::make_shared<MemorySource>(bad), "", dense("")), FormatError) << at;
+  }
+  // Trailer CRC and length.
+  for (size_t back : {8u, 4u}) {
+    std::string bad = g;
+    bad[bad.size() - back] ^= 1;
+    EXPECT_THROW(open_gzip(std::make_shared<MemorySource>(bad), "", dense("")), FormatError) << back;
+  }
+}
+
+TEST_F(GzipFiles, TruncatedStreamIsAFormatError) {
+  const std::string& g = big_gz();
+  for (size_t n : {size_t{0}, size_t{1}, size_t{5}, size_t{10}, size_t{11}, g.size() / 2, g.size() - 9, g.size() - 4,
+                   g.size() - 1}) {
+    try {
+      open_gzip(std::make_shared<MemorySource>(g.substr(0, n)), "", dense(""));
+      ADD_FAILURE() << "accepted a stream cut at " << n;
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).size(), 0u);
+    }
+  }
+}
+
+TEST_F(GzipFiles, SecondOpenUsesTheCachedIndex) {
+  write_file(file("a.gz"), big_gz());
+  auto first = open_file(file("a.gz"), dense(cache()));
+  EXPECT_EQ(first->origin(), GzipIndexOrigin::Built);
+  EXPECT_EQ(first->cache_note(), "");
+  auto second = open_file(file("a.gz"), dense(cache()));
+  EXPECT_EQ(second->origin(), GzipIndexOrigin::LoadedFromCache);
+  EXPECT_EQ(second->index().points.size(), first->index().points.size());
+  EXPECT_EQ(read_all(*second), big_data());
+  size_t files = 0;
+  for (auto& e : std::filesystem::directory_iterator(cache())) files += e.path().extension() == ".idx";
+  EXPECT_EQ(files, 1u);
+}
+
+TEST_F(GzipFiles, StaleIndexIsRebuilt) {
+  std::string a = make_data(3u << 20, 11), b = make_data(3u << 20, 12);
+  std::string ga = gzip_bytes(a), gb = gzip_bytes(b);
+  // Same compressed length, so only content and mtime can tell them apart.
+  size_t n = std::max(ga.size(), gb.size());
+  ga.resize(n, '\0');
+  gb.resize(n, '\0');
+  write_file(file("s.gz"), ga);
+  EXPECT_EQ(open_file(file("s.gz"), dense(cache()))->origin(), GzipIndexOrigin::Built);
+  EXPECT_EQ(open_file(file("s.gz"), dense(cache()))->origin(), GzipIndexOrigin::LoadedFromCache);
+  // Same size, different content, mtime put back.
+  rewrite_in_place(file("s.gz"), gb, true);
+  auto r = open_file(file("s.gz"), dense(cache()));
+  EXPECT_EQ(r->origin(), GzipIndexOrigin::Built);
+  EXPECT_EQ(read_all(*r), b);
+  EXPECT_EQ(open_file(file("s.gz"), dense(cache()))->origin(), GzipIndexOrigin::LoadedFromCache);
+  // Same bytes, new mtime.
+  struct timespec ts[2] = {{0, UTIME_OMIT}, {12345, 678}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, file("s.gz").c_str(), ts, 0), 0);
+  EXPECT_EQ(open_file(file("s.gz"), dense(cache()))->origin(), GzipIndexOrigin::Built);
+}
+
+TEST_F(GzipFiles, CorruptTruncatedOrForgedIndexIsRebuilt) {
+  const std::string data = make_data(4u << 20, 21), gz = gzip_bytes(data);
+  write_file(file("a.gz"), gz);
+  auto built = open_file(file("a.gz"), dense(cache()));
+  std::string idx_path;
+  for (auto& e : std::filesystem::directory_iterator(cache())) idx_path = e.path().string();
+  const std::string good = read_whole_file(idx_path);
+  EXPECT_LE(good.size(), gz.size());
+
+  auto expect_rebuilt = [&](const std::string& bytes, const char* what) {
+    write_file(idx_path, bytes);
+    auto s = open_file(file("a.gz"), dense(cache()));
+    EXPECT_EQ(s->origin(), GzipIndexOrigin::Built) << what;
+    EXPECT_NE(s->cache_note(), "") << what;
+    EXPECT_EQ(read_all(*s), data) << what;
+    // The rebuilt index replaced the bad one.
+    EXPECT_EQ(open_file(file("a.gz"), dense(cache()))->origin(), GzipIndexOrigin::LoadedFromCache) << what;
+  };
+  std::string flipped = good;
+  flipped[good.size() / 2] ^= 0x10;
+  expect_rebuilt(flipped, "flipped byte");
+  expect_rebuilt(good.substr(0, good.size() - 100), "truncated");
+  expect_rebuilt("", "empty");
+  expect_rebuilt(std::string(4096, 'x'), "garbage");
+
+  // Forged: structurally wrong fields behind a valid checksum.
+  auto forge = [&](auto&& edit) {
+    std::string f = good.substr(0, good.size() - 4);
+    edit(f);
+    auto* p = reinterpret_cast<unsigned char*>(f.data());
+    unsigned char c[4];
+    store_le<uint32_t>(c, static_cast<uint32_t>(crc32(0, p, static_cast<uInt>(f.size()))));
+    return f + std::string(reinterpret_cast<char*>(c), 4);
+  };
+  auto* hdr = +[](std::string& f, size_t at, uint64_t v, int width) {
+    auto* p = reinterpret_cast<unsigned char*>(f.data()) + at;
+    for (int i = 0; i < width; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+  };
+  expect_rebuilt(forge([&](std::string& f) { hdr(f, 68, 0xffffffffu, 4); }), "huge point count");
+  expect_rebuilt(forge([&](std::string& f) { hdr(f, 72, 1ull << 60, 8); }), "huge block count");
+  expect_rebuilt(forge([&](std::string& f) { hdr(f, 88 + 24 * 3, 1, 8); }), "points out of order");
+  expect_rebuilt(forge([&](std::string& f) { hdr(f, 88 + 24 * 3 + 8, 1ull << 62, 8); }), "point past the archive");
+  expect_rebuilt(forge([&](std::string& f) { hdr(f, 88 + 24 * 3 + 20, 40000, 2); }), "window too long");
+  expect_rebuilt(forge([&](std::string& f) { hdr(f, 12, 1, 4); }), "block size");
+  expect_rebuilt(forge([&](std::string& f) { hdr(f, 56, 1ull << 50, 8); }), "uncompressed size");
+}
+
+TEST_F(GzipFiles, UnwritableCacheFolderStillWorks) {
+  write_file(file("a.gz"), big_gz());
+  write_file(file("not-a-dir"), "x");
+  auto s = open_file(file("a.gz"), dense(file("not-a-dir") + "/sub"));
+  EXPECT_EQ(s->origin(), GzipIndexOrigin::Built);
+  EXPECT_NE(s->cache_note(), "");
+  EXPECT_EQ(read_all(*s), big_data());
+}
+
+TEST_F(GzipFiles, DefaultIndexStaysUnderOnePercent) {
+  write_file(file("a.gz"), big_gz());
+  GzipOptions o;
+  o.cache_dir = cache();
+  o.progress = false;
+  auto s = open_file(file("a.gz"), o);
+  std::string idx_path;
+  for (auto& e : std::filesystem::directory_iterator(cache())) idx_path = e.path().string();
+  uint64_t bytes = std::filesystem::file_size(idx_path);
+  EXPECT_LE(bytes, big_data().size() / 100) << bytes;
+  EXPECT_GE(s->index().points.size(), 4u);
+}
+
+TEST_F(GzipFiles, ArchiveChangedUnderTheSourceIsEio) {
+  write_file(file("a.gz"), big_gz());
+  auto s = open_file(file("a.gz"), dense(""));
+  // Same size, other content, same inode: the open descriptor sees the new bytes.
+  std::string other = gzip_bytes(make_data(big_data().size(), 99));
+  other.resize(big_gz().size(), '\0');
+  rewrite_in_place(file("a.gz"), other, true);
+  std::string buf(4096, '\0');
+  int eio = 0;
+  for (uint64_t off : {uint64_t{0}, uint64_t{5} << 20, uint64_t{20} << 20}) {
+    try {
+      s->read_at(off, buf.data(), buf.size());
+      ADD_FAILURE() << "served bytes of a changed archive at " << off;
+    } catch (const IoError& e) {
+      eio += e.error_number() == EIO;
+    }
+  }
+  EXPECT_EQ(eio, 3);
+}
+
+TEST(GzipIndexFormat, SerializeParseRoundTrip) {
+  std::string data = make_data(2u << 20, 5);
+  auto idx = build_gzip_index(MemorySource(gzip_bytes(data)), dense(""));
+  GzipFileKey k{1, 2, idx.compressed_size, 3, 4, 5};
+  std::string why;
+  auto back = parse_gzip_index(serialize_gzip_index(idx, k), &k, &why);
+  ASSERT_TRUE(back) << why;
+  EXPECT_EQ(back->points.size(), idx.points.size());
+  EXPECT_EQ(back->block_crcs, idx.block_crcs);
+  EXPECT_EQ(back->windows, idx.windows);
+  for (size_t i = 0; i < idx.points.size(); ++i) {
+    EXPECT_EQ(back->points[i].out, idx.points[i].out);
+    EXPECT_EQ(back->points[i].in, idx.points[i].in);
+    EXPECT_EQ(back->points[i].bits, idx.points[i].bits);
+    EXPECT_EQ(back->points[i].first_block, idx.points[i].first_block);
+    EXPECT_EQ(back->window(i), idx.window(i));
+  }
+  GzipFileKey other = k;
+  other.mtime_ns = 4;
+  EXPECT_FALSE(parse_gzip_index(serialize_gzip_index(idx, k), &other, &why));
+  // An empty stream indexes to no points and round-trips.
+  auto empty = build_gzip_index(MemorySource(gzip_bytes("")), dense(""));
+  EXPECT_EQ(empty.uncompressed_size, 0u);
+  EXPECT_TRUE(parse_gzip_index(serialize_gzip_index(empty, k), &k, &why)) << why;
+}
