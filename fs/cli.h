@@ -27,6 +27,7 @@ int cmd_mount(const std::vector<std::string>& args);
 int cmd_umount(const std::vector<std::string>& args);
 int cmd_inspect(const std::vector<std::string>& args);
 int cmd_status(const std::vector<std::string>& args);
+int cmd_commit(const std::vector<std::string>& args);
 
 // Splits "a,b=c,d" honouring backslash-escaped commas.
 std::vector<std::string> split_options(const std::string& s);

@@ -15,6 +15,7 @@
 #include "fs/fuse_server.h"
 #include "fs/inspect.h"
 #include "fs/state.h"
+#include "fs/writable_backend.h"
 
 namespace nemofs {
 
@@ -115,6 +116,7 @@ int cmd_mount(const std::vector<std::string>& args) {
         if (key == "ro") req.read_only = true;
         else if (key == "rw") req.read_only = false;
         else if (key == "debug") debug = foreground = true;
+        else if (key == "commit_junk") req.nemofs_options[key] = "1";
         else if (key == "output" || key == "commit") {
           if (eq == std::string::npos) {
             std::fprintf(stderr, "nemofs mount: option %s needs a value\n", key.c_str());
@@ -183,6 +185,7 @@ int cmd_mount(const std::vector<std::string>& args) {
                        {"mountpoint", req.mountpoint},
                        {"format", format_name(cp.format)},
                        {"mode", choice.mode}};
+  if (auto* wb = dynamic_cast<WritableBackend*>(&backend)) state["pending_edits"] = wb->pending_edits();
   std::string mp = req.mountpoint;
   so.on_ready = [&state, mp](pid_t pid) {
     state["pid"] = pid;

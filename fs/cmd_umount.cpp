@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "fs/cli.h"
+#include "fs/progress.h"
 #include "fs/state.h"
 
 namespace nemofs {
@@ -40,17 +41,23 @@ int run_fusermount(const std::string& mp) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-// Waits for a (non-child) process to exit: pidfd when the kernel has it, else kill(pid, 0).
-void wait_for_exit(pid_t pid) {
+// Waits until the daemon has written its result (the archive on disk is then final) or has
+// exited. Not waiting for the exit itself matters after a commit: the daemon's last close frees
+// the replaced archive (seconds for many GiB), which is none of the caller's business.
+void wait_for_result_or_exit(pid_t pid, const std::string& result_file) {
   int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (pfd >= 0) {
-    pollfd p{pfd, POLLIN, 0};
-    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+  while (true) {
+    if (::access(result_file.c_str(), F_OK) == 0) break;
+    if (pfd >= 0) {
+      pollfd p{pfd, POLLIN, 0};
+      int rc = ::poll(&p, 1, 20);
+      if (rc > 0) break;
+    } else {
+      if (::kill(pid, 0) != 0 && errno != EPERM) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    ::close(pfd);
-    return;
   }
-  while (::kill(pid, 0) == 0 || errno == EPERM) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (pfd >= 0) ::close(pfd);
 }
 
 }  // namespace
@@ -74,7 +81,10 @@ int cmd_umount(const std::vector<std::string>& args) {
                  args[0].c_str());
     return kExitNotMounted;
   }
-  if (pid > 0) wait_for_exit(pid);
+  if (pid > 0) {
+    ProgressWatcher progress(mp);  // a writable .nemo commits now
+    wait_for_result_or_exit(pid, result_file_for(mp));
+  }
   auto result = take_result(mp);
   if (!result) {
     std::printf("nemofs: %s: unmounted\n", args[0].c_str());

@@ -20,7 +20,11 @@ const char* kUsage =
     "  mount [-o OPTIONS] [-f] [-d] SOURCE MOUNTPOINT\n"
     "        mount a .nemo, .safetensors, torch.save/.ckpt file, or a distributed / Hugging Face\n"
     "        checkpoint folder; returns once the mount answers (-f: stay in the foreground)\n"
-    "        options: ro, allow_other, allow_root, debug, and other FUSE options\n"
+    "        options: ro, allow_other, allow_root, debug, and other FUSE options; for a .nemo:\n"
+    "        output=PATH (commit there, leave SOURCE as it is), commit_junk (commit editor\n"
+    "        swap/backup files and .DS_Store too)\n"
+    "  commit MOUNTPOINT\n"
+    "        commit the edits of a writable .nemo mount now; it stays mounted\n"
     "  umount MOUNTPOINT\n"
     "        unmount and wait until the daemon has exited (a writable .nemo is committed first)\n"
     "  inspect SOURCE [--json]\n"
@@ -54,6 +58,7 @@ int main(int argc, char** argv) {
   if (cmd == "umount" || cmd == "unmount") return nemofs::cmd_umount(args);
   if (cmd == "inspect") return nemofs::cmd_inspect(args);
   if (cmd == "status") return nemofs::cmd_status(args);
+  if (cmd == "commit") return nemofs::cmd_commit(args);
   std::fprintf(stderr, "nemofs: unknown command '%s' (try 'nemofs --help')\n", cmd.c_str());
   return nemofs::kExitUsage;
 }

@@ -74,6 +74,7 @@ std::string unescape_mountinfo(const std::string& s) {
 
 std::string state_file_for(const std::string& mp) { return state_dir() + "/" + hash_name(mp) + ".json"; }
 std::string result_file_for(const std::string& mp) { return state_dir() + "/" + hash_name(mp) + ".result"; }
+std::string progress_file_for(const std::string& mp) { return state_dir() + "/" + hash_name(mp) + ".progress"; }
 
 void write_file_atomic(const std::string& path, const std::string& body) {
   std::string tmp = path + ".tmp." + std::to_string(getpid());

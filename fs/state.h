@@ -19,6 +19,8 @@ namespace nemofs {
 std::string state_dir();  // created (0700) if missing
 std::string state_file_for(const std::string& mountpoint_realpath);
 std::string result_file_for(const std::string& mountpoint_realpath);
+// While a writable mount commits: {"done", "total", "target"} (bytes), for `nemofs umount`/`commit`.
+std::string progress_file_for(const std::string& mountpoint_realpath);
 
 void write_state(const std::string& mountpoint_realpath, const nlohmann::json& state);
 std::optional<nlohmann::json> read_state(const std::string& mountpoint_realpath);

@@ -1,0 +1,211 @@
+// Writable .nemo mounts under stress: kill -9 in the middle of committing a 1 GiB archive, a full
+// filesystem, a sparse member larger than 8 GiB. Archives are generated under /tmp by
+// tests/mount/make_big_nemo.py (CPython's tarfile headers).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/common/manifest_check.h"
+#include "tests/mount/mount_util.h"
+
+using namespace nemofs::testing;
+using nlohmann::json;
+
+namespace {
+
+std::string script(const std::string& name) { return std::string(NEMOFS_TEST_DATA_DIR) + "/../mount/" + name; }
+
+// hashlib uses OpenSSL (SHA-NI where the CPU has it): ~2.5x faster than sha256sum on 1 GiB.
+std::string sha256_file(const std::string& path) {
+  return run({"/usr/bin/python3", "-c",
+              "import hashlib, sys\nh = hashlib.sha256()\nf = open(sys.argv[1], 'rb')\n"
+              "while b := f.read(1 << 24): h.update(b)\nprint(h.hexdigest())",
+              path},
+             300)
+      .out.substr(0, 64);
+}
+
+std::vector<std::string> temporaries(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().filename().string().find(".nemofs-tmp-") != std::string::npos) out.push_back(e.path().string());
+  return out;
+}
+
+pid_t daemon_pid(const std::string& mp) {
+  auto j = json::parse(run({nemofs_bin(), "status", "--json"}).out, nullptr, false);
+  if (!j.is_array()) return 0;
+  std::string real = std::filesystem::canonical(mp).string();
+  for (const auto& e : j)
+    if (e.value("mountpoint", std::string()) == real && e.contains("pid")) return e["pid"].get<pid_t>();
+  return 0;
+}
+
+RunResult make_nemo(const std::string& out, uint64_t size, const char* kind) {
+  return run({"/usr/bin/python3", script("make_big_nemo.py"), out, std::to_string(size), kind}, 300);
+}
+
+RunResult check_commit(const std::string& orig, const std::string& now, const json& spec) {
+  return run({"/usr/bin/python3", script("check_commit.py"), orig, now, spec.dump()}, 300);
+}
+
+json config_edit() {
+  json spec;
+  spec["content"]["./model_config.yaml"] = {
+      {"orig", "./model_config.yaml"},
+      {"replace", json::array({json::array({"sample_rate: 16000", "sample_rate: 44100"})})}};
+  return spec;
+}
+
+const char* kSed = "sed -i 's/sample_rate: 16000/sample_rate: 44100/' ";
+
+// A tmpfs of `size` bytes at `dir` (root only), unmounted on destruction.
+class Tmpfs {
+ public:
+  Tmpfs(const std::string& dir, const std::string& size) : dir_(dir) {
+    ::mkdir(dir.c_str(), 0755);
+    ok_ = ::mount("tmpfs", dir.c_str(), "tmpfs", 0, ("size=" + size).c_str()) == 0;
+  }
+  ~Tmpfs() {
+    if (ok_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  std::string dir_;
+  bool ok_ = false;
+};
+
+}  // namespace
+
+TEST(WritableMountHeavy, KillNineInTheMiddleOfCommittingAOneGiBArchive) {
+  NEMOFS_REQUIRE_FUSE();
+  TempDir tmp;
+  std::string nemo = tmp / "big.nemo", copy = tmp / "orig.nemo";
+  auto g = make_nemo(nemo, 1ull << 30, "dense");
+  ASSERT_EQ(g.status, 0) << g.err;
+  ASSERT_EQ(run({"cp", "--reflink=auto", nemo, copy}, 300).status, 0);
+  std::string before = sha256_file(nemo);
+  {
+    Mount m(nemo, tmp / "mnt");
+    ASSERT_TRUE(m.ok()) << m.result().err;
+    ASSERT_EQ(run_shell(std::string("cd ") + m.path() + " && " + kSed + "model_config.yaml").status, 0);
+    pid_t pid = daemon_pid(m.path());
+    ASSERT_GT(pid, 0);
+    RunResult commit;
+    std::thread committer([&] { commit = run({nemofs_bin(), "commit", m.path()}, 300); });
+    // Kill as soon as the new archive has bytes in it: the copy of 1 GiB is still running.
+    bool killed = false;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!killed && std::chrono::steady_clock::now() < deadline) {
+      for (const auto& t : temporaries(tmp.path())) {
+        struct stat st {};
+        if (::stat(t.c_str(), &st) == 0 && st.st_size > 0) {
+          ::kill(pid, SIGKILL);
+          killed = true;
+          break;
+        }
+      }
+      if (!killed) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    committer.join();
+    ASSERT_TRUE(killed) << "the commit never started writing: " << commit.err;
+    EXPECT_NE(commit.status, 0) << "the commit was killed, it cannot have succeeded";
+    EXPECT_FALSE(temporaries(tmp.path()).empty()) << "killed before the rename: the partial archive is left";
+    run({"fusermount3", "-u", "-z", m.path()});
+    m.umount();
+  }
+  EXPECT_EQ(sha256_file(nemo), before);
+  Mount m(nemo, tmp / "mnt");
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  EXPECT_TRUE(temporaries(tmp.path()).empty()) << "the next mount removes the partial archive";
+  EXPECT_NE(read_whole_file(m.path() + "/model_config.yaml").find("sample_rate: 44100"), std::string::npos);
+  auto u = m.umount();
+  ASSERT_EQ(u.status, 0) << u.out << u.err;
+  json spec = config_edit();
+  spec["untouched"] = {".", "./model_weights.ckpt", "./tail.txt"};
+  auto c = check_commit(copy, nemo, spec);
+  EXPECT_EQ(c.status, 0) << c.out << c.err;
+}
+
+TEST(WritableMount, NoRoomForTheNewArchiveIsRefusedCleanly) {
+  NEMOFS_REQUIRE_FUSE();
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  TempDir tmp;
+  Tmpfs fs(tmp / "small", "2m");
+  ASSERT_TRUE(fs.ok()) << "mount -t tmpfs failed";
+  std::string nemo = tmp / "small/asr_ctc.nemo";
+  std::filesystem::copy_file(data_path("real/nemo/asr_ctc.nemo"), nemo);
+  // Leave ~128 KiB: room for the edit, not for a second 320 KiB archive.
+  struct statvfs sv {};
+  ASSERT_EQ(::statvfs((tmp / "small").c_str(), &sv), 0);
+  uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
+  ASSERT_GT(avail, 256u << 10);
+  ASSERT_EQ(run({"fallocate", "-l", std::to_string(avail - (128u << 10)), tmp / "small/filler"}).status, 0);
+  std::string before = sha256_file(nemo);
+  {
+    Mount m(nemo, tmp / "mnt");
+    ASSERT_TRUE(m.ok()) << m.result().err;
+    ASSERT_EQ(run_shell(std::string("cd ") + m.path() + " && " + kSed + "model_config.yaml").status, 0);
+    auto u = m.umount();
+    EXPECT_EQ(u.status, 5) << u.out << u.err;
+    EXPECT_NE(u.err.find("no space left"), std::string::npos) << u.err;
+    EXPECT_NE(u.err.find("unchanged"), std::string::npos) << u.err;
+    EXPECT_EQ(std::count(u.err.begin(), u.err.end(), '\n'), 1) << u.err;
+  }
+  EXPECT_EQ(sha256_file(nemo), before);
+  EXPECT_TRUE(temporaries(tmp / "small").empty());
+  ::unlink((tmp / "small/filler").c_str());
+  {
+    Mount m(nemo, tmp / "mnt");
+    ASSERT_TRUE(m.ok()) << m.result().err;
+    EXPECT_NE(read_whole_file(m.path() + "/model_config.yaml").find("sample_rate: 44100"), std::string::npos);
+    auto u = m.umount();
+    EXPECT_EQ(u.status, 0) << u.out << u.err;
+  }
+  json spec = config_edit();
+  spec["untouched"] = {".", "./model_weights.ckpt"};
+  spec["restore"] = true;
+  auto c = check_commit(data_path("real/nemo/asr_ctc.nemo"), nemo, spec);
+  EXPECT_EQ(c.status, 0) << c.out << c.err;
+}
+
+TEST(WritableMount, SparseMemberLargerThan8GiBSurvivesAYamlEdit) {
+  NEMOFS_REQUIRE_FUSE();
+  TempDir tmp;
+  const uint64_t size = (8ull << 30) + 12345;  // needs the pax size record
+  std::string nemo = tmp / "huge.nemo", copy = tmp / "orig.nemo";
+  auto g = make_nemo(nemo, size, "sparse");
+  ASSERT_EQ(g.status, 0) << g.err;
+  ASSERT_EQ(run({"cp", "--sparse=always", nemo, copy}, 300).status, 0);
+  struct stat st {};
+  ASSERT_EQ(::stat(nemo.c_str(), &st), 0);
+  ASSERT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 64ull << 20) << "the generated archive is not sparse";
+  {
+    Mount m(nemo, tmp / "mnt");
+    ASSERT_TRUE(m.ok()) << m.result().err;
+    ASSERT_EQ(::stat((m.path() + "/model_weights.ckpt").c_str(), &st), 0);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), size);
+    ASSERT_EQ(run_shell(std::string("cd ") + m.path() + " && " + kSed + "model_config.yaml").status, 0);
+    auto u = m.umount();
+    ASSERT_EQ(u.status, 0) << u.out << u.err;
+  }
+  ASSERT_EQ(::stat(nemo.c_str(), &st), 0);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 64ull << 20) << "the commit kept the holes";
+  auto s = run({"/usr/bin/python3", script("check_sparse_member.py"), copy, nemo, "./model_weights.ckpt"}, 300);
+  EXPECT_EQ(s.status, 0) << s.out << s.err;
+  EXPECT_GE(std::stoull(s.out.empty() ? "0" : s.out), 3u * 4096) << "the markers were compared";
+  json spec = config_edit();
+  spec["untouched"] = {".", "./tail.txt"};
+  auto c = check_commit(copy, nemo, spec);
+  EXPECT_EQ(c.status, 0) << c.out << c.err;
+}

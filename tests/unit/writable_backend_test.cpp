@@ -1,0 +1,136 @@
+// The writable .nemo backend without FUSE: `<member>.tensors/` views (grafted by hand here, as
+// add_checkpoint_views does, since this branch has no tensor formats yet), inode stability and
+// the overlay journal, driven through the Backend interface.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "formats/detect/checkpoint.h"
+#include "fs/writable_backend.h"
+#include "tests/common/manifest_check.h"
+
+using namespace nemofs;
+using namespace nemofs::testing;
+
+namespace {
+
+struct Fixture {
+  std::string dir, archive;
+  std::unique_ptr<WritableBackend> b;
+  Fixture() {
+    char tmpl[] = "/tmp/nemofs-wb-XXXXXX";
+    dir = ::mkdtemp(tmpl);
+    archive = dir + "/asr_ctc.nemo";
+    std::filesystem::copy_file(data_path("real/nemo/asr_ctc.nemo"), archive);
+    Checkpoint cp = open_checkpoint(archive);
+    Tree view;
+    view.add_file(Tree::kRoot, "w.bin", std::make_shared<MemorySource>("abcd"));
+    cp.tree.graft(Tree::kRoot, "model_weights.ckpt.tensors", view);
+    WritableOptions o;
+    o.archive_path = archive;
+    o.mountpoint = dir + "/mnt";
+    o.uid = getuid();
+    o.gid = getgid();
+    b = std::make_unique<WritableBackend>(std::move(cp), o);
+  }
+  ~Fixture() {
+    b.reset();
+    std::filesystem::remove_all(dir);
+  }
+  std::vector<std::string> names(Ino ino) {
+    std::vector<std::string> out;
+    b->readdir(ino, 0, [&](const DirEntryOut& e, uint64_t) {
+      out.push_back(e.name);
+      return true;
+    });
+    return out;
+  }
+  int err_of(const std::function<void()>& f) {
+    try {
+      f();
+      return 0;
+    } catch (const FsError& e) {
+      return e.err();
+    }
+  }
+};
+
+std::string read_all(Backend& b, Ino ino) {
+  ReadResult r;
+  b.read(ino, 0, 0, 1 << 20, r);
+  std::string out;
+  for (const auto& s : r.segments) {
+    if (s.fd < 0) {
+      out.append(r.memory.get() + s.mem_off, s.len);
+    } else {
+      std::string buf(s.len, '\0');
+      EXPECT_EQ(::pread(s.fd, buf.data(), s.len, static_cast<off_t>(s.pos)), static_cast<ssize_t>(s.len));
+      out += buf;
+    }
+  }
+  return out;
+}
+
+bool listed(const std::vector<std::string>& v, const std::string& n) { return std::find(v.begin(), v.end(), n) != v.end(); }
+
+}  // namespace
+
+TEST(WritableBackend, ViewsAreReadOnlyAndHiddenWhileTheirMemberIsChanged) {
+  Fixture f;
+  Backend& b = *f.b;
+  Entry view = b.lookup(kRootIno, "model_weights.ckpt.tensors");
+  EXPECT_TRUE(S_ISDIR(view.attr.st_mode));
+  EXPECT_EQ(view.entry_timeout, 0.0);  // its visibility depends on the member
+  Entry w = b.lookup(view.attr.st_ino, "w.bin");
+  EXPECT_EQ(read_all(b, w.attr.st_ino), "abcd");
+  EXPECT_EQ(f.err_of([&] { b.open(w.attr.st_ino, O_WRONLY); }), EROFS);
+  EXPECT_EQ(f.err_of([&] { b.unlink(view.attr.st_ino, "w.bin"); }), EROFS);
+  EXPECT_EQ(f.err_of([&] { b.rename(kRootIno, "model_weights.ckpt.tensors", kRootIno, "x", 0); }), EROFS);
+  EXPECT_EQ(f.err_of([&] { b.mkdir(view.attr.st_ino, "d", 0755); }), EROFS);
+
+  // Renaming the member away hides its view; renaming it back shows it again.
+  Entry m = b.lookup(kRootIno, "model_weights.ckpt");
+  b.rename(kRootIno, "model_weights.ckpt", kRootIno, "moved.ckpt", 0);
+  EXPECT_EQ(f.err_of([&] { b.lookup(kRootIno, "model_weights.ckpt.tensors"); }), ENOENT);
+  EXPECT_FALSE(listed(f.names(kRootIno), "model_weights.ckpt.tensors"));
+  EXPECT_EQ(f.b->pending_edits(), 2u);  // one moved member: a new path, a deleted path
+  b.rename(kRootIno, "moved.ckpt", kRootIno, "model_weights.ckpt", 0);
+  EXPECT_EQ(f.b->pending_edits(), 0u);
+  EXPECT_TRUE(listed(f.names(kRootIno), "model_weights.ckpt.tensors"));
+  // The inode number survived both renames.
+  EXPECT_EQ(b.lookup(kRootIno, "model_weights.ckpt").attr.st_ino, m.attr.st_ino);
+
+  // Writing the member copies it up and hides the view.
+  b.open(m.attr.st_ino, O_RDWR);
+  EXPECT_EQ(b.write(m.attr.st_ino, 0, 0, "PK", 2), 2u);
+  EXPECT_EQ(f.err_of([&] { b.lookup(kRootIno, "model_weights.ckpt.tensors"); }), ENOENT);
+  b.release(m.attr.st_ino, 0);
+  EXPECT_EQ(f.b->pending_edits(), 1u);
+}
+
+TEST(WritableBackend, JournalBringsEditsBackInANewBackend) {
+  std::string dir;
+  {
+    Fixture f;
+    Backend& b = *f.b;
+    OpenResult o;
+    Entry e = b.create(kRootIno, "new.txt", 0644, O_WRONLY, o);
+    b.write(e.attr.st_ino, 0, 0, "hello", 5);
+    b.flush(e.attr.st_ino, 0);
+    b.release(e.attr.st_ino, 0);
+    b.unlink(kRootIno, "model_config.yaml");
+    // A second backend over the same archive (after this one is gone) sees the edits.
+    std::string archive = f.archive;
+    f.b.reset();
+    Checkpoint cp = open_checkpoint(archive);
+    WritableOptions opts;
+    opts.archive_path = archive;
+    opts.mountpoint = f.dir + "/mnt";
+    WritableBackend again(std::move(cp), opts);
+    EXPECT_EQ(read_all(again, again.lookup(kRootIno, "new.txt").attr.st_ino), "hello");
+    EXPECT_THROW(again.lookup(kRootIno, "model_config.yaml"), FsError);
+    EXPECT_EQ(again.pending_edits(), 2u);
+  }
+}
