@@ -125,11 +125,11 @@ def self_write_bytes():
     return 0
 
 
-def vm_hwm_kib(pid):
+def proc_status_kib(pid, key):
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -160,7 +160,7 @@ def files_equal_range(pa, oa, pb, ob, n):
 class Mount:
     def __init__(self, mp, pid, ms):
         self.mp, self.pid, self.ms = mp, pid, ms
-        self.hwm = None
+        self.hwm = self.anon = None
 
 
 class Bench:
@@ -233,8 +233,9 @@ class Bench:
         mp = self.mountpoint(system)
         probe = os.path.join(mp, probe_rel)
         ACTIVE_MOUNTS.add(mp)
-        if system == "nemofs":
-            v = self._mounttime(probe, [self.nemofs, "mount"] + (extra or []) + [src, mp])
+        if system in ("nemofs", "nemofs-ro"):
+            opts = ["-o", "ro"] if system == "nemofs-ro" else []
+            v = self._mounttime(probe, [self.nemofs, "mount"] + opts + (extra or []) + [src, mp])
             st = json.loads(run([self.nemofs, "status", "--json"]).stdout)
             pid = next((e.get("pid") for e in st if e["mountpoint"] == os.path.realpath(mp)), None)
         elif system == "minimal":
@@ -272,8 +273,9 @@ class Bench:
 
     def umount(self, system, m, timeout=600):
         if m.pid:
-            m.hwm = vm_hwm_kib(m.pid)
-        if system == "nemofs":
+            m.hwm = proc_status_kib(m.pid, "VmHWM")
+            m.anon = proc_status_kib(m.pid, "RssAnon")
+        if system in ("nemofs", "nemofs-ro"):
             r = run([self.nemofs, "umount", m.mp], check=False, timeout=timeout)
             if r.returncode != 0:
                 self.note(f"nemofs umount: exit {r.returncode}: {r.stderr.strip()[-200:]}")
@@ -320,7 +322,7 @@ class Bench:
         path inside the mount whose stat ends the mount-time measurement."""
         live = []
         for s in systems:
-            if s == "nemofs" and not self.nemofs_supports(src):
+            if s.startswith("nemofs") and not self.nemofs_supports(src):
                 for row in ROWS_BIG:
                     self.na(wl, row, s, NA_BUILD)
                 continue
@@ -332,6 +334,7 @@ class Bench:
         if "direct" in live:
             self.na(wl, "mount", "direct", "—")
             self.na(wl, "rss", "direct", "—")
+            self.na(wl, "rss_anon", "direct", "—")
         for rep in range(reps or self.reps):
             order = live[rep % len(live):] + live[: rep % len(live)]
             for s in order:
@@ -371,6 +374,7 @@ class Bench:
             self.umount(s, m)
             if m.hwm:
                 self.add(wl, "rss", s, m.hwm / 1024)
+                self.add(wl, "rss_anon", s, m.anon / 1024)
         # Session B: fresh mount -> random first touch -> read everything -> random warm.
         if not random_rows:
             for row in ("rand_first", "rand_warm"):
@@ -387,12 +391,13 @@ class Bench:
             self.umount(s, m)
             if m.hwm:
                 self.add(wl, "rss", s, m.hwm / 1024)
+                self.add(wl, "rss_anon", s, m.anon / 1024)
 
     def tree_workload(self, wl, systems, src, extracted, probe, members):
         """Rows for many small members: mount, find, ls -lR (first, repeat), read all, RSS."""
         live = []
         for s in systems:
-            if s == "nemofs" and not self.nemofs_supports(src):
+            if s.startswith("nemofs") and not self.nemofs_supports(src):
                 for row in ROWS_TREE:
                     self.na(wl, row, s, NA_BUILD)
                 continue
@@ -404,6 +409,7 @@ class Bench:
         if "direct" in live:
             self.na(wl, "mount", "direct", "—")
             self.na(wl, "rss", "direct", "—")
+            self.na(wl, "rss_anon", "direct", "—")
             if extracted is None:
                 for row in ("find", "ls_first", "ls_repeat"):
                     self.na(wl, row, "direct", "n/a (no extracted tree)")
@@ -434,6 +440,7 @@ class Bench:
                     self.umount(s, m)
                     if m.hwm:
                         self.add(wl, "rss", s, m.hwm / 1024)
+                        self.add(wl, "rss_anon", s, m.anon / 1024)
                     m = self.mount(s, src, probe(s))
                     self.add(wl, "mount", s, m.ms)
                     self.add(wl, "find", s, self.timed_shell(f"find {m.mp} > /dev/null"))
@@ -547,8 +554,8 @@ class Bench:
         self.add(wl, "untouched_identical", s, same and set(new) == set(orig))
 
 
-ROWS_BIG = ["mount_cold", "mount", "seq_first", "seq_warm", "rand_first", "rand_warm", "rss"]
-ROWS_TREE = ["mount", "find", "ls_first", "ls_repeat", "read_first", "read_warm", "rss"]
+ROWS_BIG = ["mount_cold", "mount", "seq_first", "seq_warm", "rand_first", "rand_warm", "rss", "rss_anon"]
+ROWS_TREE = ["mount", "find", "ls_first", "ls_repeat", "read_first", "read_warm", "rss", "rss_anon"]
 ROWS_COMMIT = ["time", "written", "edit_present", "untouched_identical"]
 
 ROW_TITLES = {
@@ -558,7 +565,8 @@ ROW_TITLES = {
     "seq_warm": "sequential read, warm (GB/s)",
     "rand_first": "random 4 KiB read, first touch: median / p99 (us)",
     "rand_warm": "random 4 KiB read, warm: median / p99 (us)",
-    "rss": "daemon peak RSS (MiB)",
+    "rss": "daemon peak RSS, VmHWM (MiB)",
+    "rss_anon": "daemon anonymous memory at unmount, RssAnon (MiB)",
     "find": "find (ms)",
     "ls_first": "ls -lR, first after mount (ms)",
     "ls_repeat": "ls -lR, repeated (ms)",
@@ -587,11 +595,15 @@ each repetition; the source files stay in the host page cache throughout, nothin
 - random 4 KiB first touch: on another fresh mount, N preads of 4 KiB at random 4 KiB-aligned
   offsets of the bytes under test (benchtool rand; latency of each pread, median and p99).
   warm: after one full sequential read on that mount, N more random preads.
+- nemofs = `nemofs mount SRC MP` as a user runs it (a .nemo or tar mounts writable by default);
+  nemofs-ro = `nemofs mount -o ro` (the read-only tree).
 - minimal: bench/minimal_range_server.c, the FUSE floor: one file = the same byte range, spliced,
   keep_cache, same init settings as nemofs; started under setsid like nemofs's daemon (on this
   machine, with scheduler autogroups and other users' load, a server in its own session answers
   first-touch reads 2-3x slower than one in the reader's session: compare like with like).
-- daemon peak RSS: VmHWM of the FUSE daemon just before unmount, after the reads above.
+- daemon peak RSS: VmHWM of the FUSE daemon just before unmount, after the reads above (the worst
+  repetition). It counts file pages the daemon has mapped (e.g. an mmap'd source or index) as well
+  as its own memory; RssAnon (anonymous memory only, at that moment) is shown beside it.
 - find / ls -lR: over the mount; first = on a fresh mount, repeated = run again right after.
   direct: the same tree extracted to ext4 (dentries warm).
 - read every member/tensor: open + read each file in order (direct: each byte range of the source).
@@ -627,7 +639,7 @@ def fmt_cell(row, vals, direct_vals=None):
     if row in ("mount", "mount_cold", "find", "ls_first", "ls_repeat", "time"):
         med = statistics.median(vals)
         return (f"{med:.1f}" if med < 100 else f"{med:.0f}"), med
-    if row == "rss":
+    if row in ("rss", "rss_anon"):
         med = max(vals)
         return f"{med:.1f}", med
     if row == "written":
@@ -684,7 +696,7 @@ class Report:
                     if full and any(b < full for b, _ in v):
                         text += "*"
                 refv = median_value(res, (wl, row, ref))
-                if s != ref and refv and med and row not in ("rss", "edit_present", "untouched_identical", "written"):
+                if s != ref and refv and med and row not in ("rss", "rss_anon", "edit_present", "untouched_identical", "written"):
                     text += f" ({med / refv:.2f}x)"
                 cells.append(text)
             if any_val or (any(cells) and row != "mount_cold"):
@@ -706,25 +718,30 @@ class Report:
             else:
                 out.append(f"| {name} | {value} | {target_text} | {'met' if ok else 'MISSED'} |")
 
+        def both(fn, fmt):
+            """nemofs as mounted by default, and (where measured) mounted -o ro."""
+            a, b = fn("nemofs"), fn("nemofs-ro")
+            text = a is not None and fmt(a)
+            if text and b is not None:
+                text += f" (-o ro: {fmt(b)})"
+            return a, text
+
+        x = lambda v: f"{v:.2f}x"  # noqa: E731
         for wl, label in (("nemo", "2 GiB .nemo member"), ("safetensors", "1 GiB safetensors tensor")):
-            w = ratio(median_value(r, (wl, "seq_warm", "nemofs")), median_value(r, (wl, "seq_warm", "direct")))
-            line(f"warm sequential, {label}, nemofs / direct", w and f"{w:.2f}x", ">= 0.9x", w and w >= 0.9)
-            f = ratio(median_value(r, (wl, "seq_first", "nemofs")), median_value(r, (wl, "seq_first", "minimal")))
-            line(f"first-touch sequential, {label}, nemofs / minimal server", f and f"{f:.2f}x", ">= 0.9x",
-                 f and f >= 0.9)
-            rw = ratio(median_value(r, (wl, "rand_warm", "nemofs")), median_value(r, (wl, "rand_warm", "direct")))
-            line(f"random 4 KiB warm median, {label}, nemofs / direct", rw and f"{rw:.2f}x", "<= 3x", rw and rw <= 3)
-            rf = ratio(median_value(r, (wl, "rand_first", "nemofs")), median_value(r, (wl, "rand_first", "minimal")))
-            line(f"random 4 KiB first-touch median, {label}, nemofs / minimal", rf and f"{rf:.2f}x", "<= 1.5x",
-                 rf and rf <= 1.5)
-        m = median_value(r, ("nemo", "mount", "nemofs"))
-        line("mount, .nemo with a 2 GiB member", m and f"{m:.1f} ms", "<= 20 ms (foundation: <= 50 ms)",
-             m is not None and m <= 20)
-        m = median_value(r, ("tar10k", "mount", "nemofs"))
-        line("mount, tar of 10,000 members", m and f"{m:.0f} ms", "<= 500 ms", m is not None and m <= 500)
-        ls = ratio(median_value(r, ("tar10k", "ls_first", "nemofs")), median_value(r, ("tar10k", "ls_first", "direct")))
-        line("ls -lR of 10,000 members (first after mount), nemofs / extracted", ls and f"{ls:.2f}x", "<= 3x",
-             ls and ls <= 3)
+            w, t = both(lambda s: ratio(median_value(r, (wl, "seq_warm", s)), median_value(r, (wl, "seq_warm", "direct"))), x)
+            line(f"warm sequential, {label}, nemofs / direct", t, ">= 0.9x", w and w >= 0.9)
+            f, t = both(lambda s: ratio(median_value(r, (wl, "seq_first", s)), median_value(r, (wl, "seq_first", "minimal"))), x)
+            line(f"first-touch sequential, {label}, nemofs / minimal server", t, ">= 0.9x", f and f >= 0.9)
+            rw, t = both(lambda s: ratio(median_value(r, (wl, "rand_warm", s)), median_value(r, (wl, "rand_warm", "direct"))), x)
+            line(f"random 4 KiB warm median, {label}, nemofs / direct", t, "<= 3x", rw and rw <= 3)
+            rf, t = both(lambda s: ratio(median_value(r, (wl, "rand_first", s)), median_value(r, (wl, "rand_first", "minimal"))), x)
+            line(f"random 4 KiB first-touch median, {label}, nemofs / minimal", t, "<= 1.5x", rf and rf <= 1.5)
+        m, t = both(lambda s: median_value(r, ("nemo", "mount", s)), lambda v: f"{v:.1f} ms")
+        line("mount, .nemo with a 2 GiB member", t, "<= 20 ms (foundation: <= 50 ms)", m is not None and m <= 20)
+        m, t = both(lambda s: median_value(r, ("tar10k", "mount", s)), lambda v: f"{v:.0f} ms")
+        line("mount, tar of 10,000 members", t, "<= 500 ms", m is not None and m <= 500)
+        ls, t = both(lambda s: ratio(median_value(r, ("tar10k", "ls_first", s)), median_value(r, ("tar10k", "ls_first", "direct"))), x)
+        line("ls -lR of 10,000 members (first after mount), nemofs / extracted", t, "<= 3x", ls and ls <= 3)
         rss = [median_value(r, (wl, "rss", "nemofs")) for wl in ("nemo", "nemo_gz", "safetensors", "torch_zip", "dcp",
                                                                  "tar10k")]
         rss = max((x for x in rss if x is not None), default=None)
@@ -751,7 +768,7 @@ class Report:
         W = self.w
         nemo_mb = W["nemo"]["member_size"] / MiB
         self.table("nemo", f".nemo (plain tar) with a {nemo_mb:.0f} MiB model_weights.ckpt member",
-                   ROWS_BIG, ["direct", "nemofs", "minimal", "archivemount"])
+                   ROWS_BIG, ["direct", "nemofs", "nemofs-ro", "minimal", "archivemount"])
         self.table("nemo_gz", f".nemo (gzip tar, NeMo < 1.7) with the same {nemo_mb:.0f} MiB member",
                    ROWS_BIG, ["nemofs", "archivemount"])
         self.table("safetensors", f".safetensors with a {W['safetensors']['size'] / MiB:.0f} MiB tensor", ROWS_BIG,
@@ -759,7 +776,7 @@ class Report:
         self.table("dcp", f"DCP folder, one {W['dcp']['size'] / MiB:.0f} MiB tensor sharded 8 ways", ROWS_BIG,
                    ["direct", "nemofs"])
         self.table("tar10k", f"tar of {W['tar10k']['count']} small members", ROWS_TREE,
-                   ["direct", "nemofs", "archivemount"])
+                   ["direct", "nemofs", "nemofs-ro", "archivemount"])
         self.table("torch_zip", f"torch.save zip with {W['torch_zip']['count']} tensors", ROWS_TREE,
                    ["direct", "nemofs", "fuse-zip"])
         self.table("commit", f"commit after a one-line YAML edit in the {nemo_mb:.0f} MiB .nemo", ROWS_COMMIT,
@@ -844,7 +861,7 @@ def main():
     if want("nemo"):
         log("nemo")
         b.big_file_workload(
-            "nemo", ["direct", "nemofs", "minimal", "archivemount"], nemo["path"],
+            "nemo", ["direct", "nemofs", "nemofs-ro", "minimal", "archivemount"], nemo["path"],
             lambda s: "data" if s == "minimal" else nemo["member"],
             lambda s, mp: [(nemo["member_offset"], nemo["member_size"], nemo["path"])] if s == "direct" else
             [(0, nemo["member_size"], os.path.join(mp, "data" if s == "minimal" else nemo["member"]))],
@@ -880,7 +897,7 @@ def main():
             for n in sorted(fn):
                 names.append(os.path.relpath(os.path.join(dp, n), tk["extracted"]))
         sizes = {n: os.path.getsize(os.path.join(tk["extracted"], n)) for n in names}
-        b.tree_workload("tar10k", ["direct", "nemofs", "archivemount"], tk["path"], tk["extracted"], lambda s: names[0],
+        b.tree_workload("tar10k", ["direct", "nemofs", "nemofs-ro", "archivemount"], tk["path"], tk["extracted"], lambda s: names[0],
                         lambda s, mp: [(0, sizes[n], os.path.join(mp or tk["extracted"], n)) for n in names])
     if want("torch_zip"):
         log("torch_zip")
