@@ -20,6 +20,10 @@
 namespace nemofs {
 namespace {
 
+// Set at init for read-only backends when the kernel can skip OPEN/RELEASE entirely (it then
+// opens every file as if with keep_cache): two fewer round trips per open of an immutable file.
+bool g_no_open = false;
+
 Backend& B(fuse_req_t req) { return *static_cast<Backend*>(fuse_req_userdata(req)); }
 
 template <typename F>
@@ -63,6 +67,8 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
   if (b->writable()) {
     if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  } else if (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) {
+    g_no_open = true;
   }
   // 1 MiB requests: libfuse asks the kernel for max_pages from max_write.
   conn->max_write = 1u << 20;
@@ -199,9 +205,15 @@ void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* n
 }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (g_no_open) {
+    fuse_reply_err(req, ENOSYS);
+    return;
+  }
   guarded(req, [&] {
     OpenResult r = B(req).open(ino, fi->flags);
     apply_open(fi, r);
+    // Nothing written through a read-only descriptor: spare close() a FLUSH round trip.
+    if ((fi->flags & O_ACCMODE) == O_RDONLY) fi->noflush = 1;
     if (fuse_reply_open(req, fi) == -ENOENT) B(req).release(ino, r.fh);  // interrupted open
   });
 }
@@ -409,7 +421,10 @@ int run_loop(fuse_session* se, const ServerOptions& opts) {
     fuse_loop_config* cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_clone_fd(cfg, 1);
     fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
-    fuse_loop_cfg_set_idle_threads(cfg, 2);
+    // Keep every worker once started: with 2 idle threads allowed, the async readahead of one
+    // sequential reader kept spawning and retiring workers (1,475 thread starts, each opening and
+    // cloning /dev/fuse, during one 2 GiB read); now 3 starts.
+    fuse_loop_cfg_set_idle_threads(cfg, opts.max_threads);
     rc = fuse_session_loop_mt(se, cfg);
     fuse_loop_cfg_destroy(cfg);
   }
@@ -447,6 +462,11 @@ int serve(Backend& backend, const ServerOptions& opts) {
   for (auto& s : argv_s) argv.push_back(s.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
   fuse_lowlevel_ops ops = make_ops(backend);
+  if (!backend.writable()) {
+    // Nothing to flush on an immutable tree: ENOSYS turns FLUSH off for the connection (noflush
+    // in the open reply cannot do it when no-open support leaves no open reply).
+    ops.flush = nullptr;
+  }
   fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &backend);
   fuse_opt_free_args(&args);
   if (!se) {

@@ -337,7 +337,7 @@ TEST(TorchDefects, MutatedZipsNeverCrash) {
   EXPECT_GT(refused, 0);
 }
 
-TEST(TorchPerf, FiveThousandTensorsMountFast) {
+TEST(TorchPerf, FiveThousandTensorsMount) {
   // A state dict of 5,000 small tensors (contiguous and transposed), as torch.save writes it.
   PickleBuilder p;
   p.proto(2).global("collections", "OrderedDict").op('q').u8(0).op(')').op('R').op('(');
@@ -359,7 +359,7 @@ TEST(TorchPerf, FiveThousandTensorsMountFast) {
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(cp.tree.size(), 1u + 2u * 5000u);
   std::printf("[ perf     ] open_checkpoint of a 5,000-tensor torch zip: %.3f s\n", secs);
-  EXPECT_LT(secs, 2.0);  // target 0.2 s in a release build; generous here for sanitizer/debug builds
+  // Speed is measured by bench/torch_bench.sh side by side, never asserted here (shared machines).
 }
 
 TEST(TorchZip, DictSubclassesHoldingTensorsAreFolders) {
