@@ -297,7 +297,7 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plu
           p.attr = e.attr;
           p.attr_timeout = 86400.0;
           p.entry_timeout = 86400.0;
-          if (b.writable()) p.attr_timeout = p.entry_timeout = 0;
+          if (b.writable()) p.attr_timeout = p.entry_timeout = 1.0;  // as WritableBackend::entry_of
         } else {
           p.attr = e.attr;  // ino 0 entry: the kernel does not instantiate it
         }

@@ -495,9 +495,18 @@ struct stat WritableBackend::stat_of(const WNode& n) {
   return st;
 }
 
+namespace {
+constexpr double kMutableTimeout = 1.0;
+}
+
 Entry WritableBackend::entry_of(WNode& n) {
   bool inner_view = n.kind == Kind::View && n.view_of.empty();
-  double t = inner_view ? TreeBackend::kTimeout : 0.0;
+  // Every change passes through this mount, and the kernel updates or invalidates what it cached
+  // on each of its own write/setattr/rename/unlink replies, so a short cache is safe and saves a
+  // round trip per stat and per warm read (ls -l, random reads).
+  // A view's top folder appears and disappears with its member's edits: never cached.
+  bool view_top = n.kind == Kind::View && !n.view_of.empty();
+  double t = inner_view ? TreeBackend::kTimeout : view_top ? 0.0 : kMutableTimeout;
   return Entry{stat_of(n), t, t};
 }
 
