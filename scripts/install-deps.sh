@@ -15,6 +15,7 @@ PACKAGES=(
   python3 python3-yaml python3-numpy
   go-md2man dpkg-dev file lintian
   vim-tiny vim kmod
+  archivemount fuse-zip bc
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
