@@ -16,6 +16,7 @@
 
 #include "tests/common/manifest_check.h"
 #include "tests/mount/mount_util.h"
+#include "tests/mount/writable_util.h"
 
 using namespace nemofs::testing;
 using nlohmann::json;
@@ -23,31 +24,6 @@ using nlohmann::json;
 namespace {
 
 const std::string kFixture = "nemo/asr_ctc_legacy_gz.nemo";
-const std::string kConfig = "./model_config.yaml";
-const std::string kTokModel = "./1d2bda5531411bb07ee07d0c150fdd6c_tokenizer.model";
-const std::string kTokVocab = "./6106331dab5dfa1dd78969f3e73bf1d3_tokenizer.vocab";
-const std::string kVocabTxt = "./b61a41f8cc8053f1a730cce9c90087c4_vocab.txt";
-const std::string kLexicon = "./lexicon_" + std::string(110, 'x') + ".txt";
-const std::string kWeights = "./model_weights.ckpt";
-
-std::string script(const std::string& name) { return std::string(NEMOFS_TEST_DATA_DIR) + "/../mount/" + name; }
-
-json pairs(std::initializer_list<std::pair<std::string, std::string>> ps) {
-  json a = json::array();
-  for (const auto& [x, y] : ps) a.push_back(json::array({x, y}));
-  return a;
-}
-
-RunResult check_commit(const std::string& orig, const std::string& now, const json& spec) {
-  return run({"/usr/bin/python3", script("check_commit.py"), orig, now, spec.dump()}, 300);
-}
-
-std::string sha256_file(const std::string& path) { return run({"sha256sum", path}, 300).out.substr(0, 64); }
-
-bool exists(const std::string& path) {
-  struct stat st {};
-  return ::lstat(path.c_str(), &st) == 0;
-}
 
 std::string head_hex(const std::string& path) { return run({"od", "-An", "-tx1", "-N2", path}).out; }
 
@@ -56,27 +32,6 @@ void expect_valid_gzip(const std::string& path) {
   EXPECT_EQ(head_hex(path), " 1f 8b\n") << path;
   auto t = run({"gzip", "-t", path}, 300);
   EXPECT_EQ(t.status, 0) << "gzip -t: " << t.err;
-}
-
-std::string overlay_of(const std::string& archive) {
-  auto p = std::filesystem::path(archive);
-  return (p.parent_path() / ("." + p.filename().string() + ".nemofs")).string();
-}
-
-std::vector<std::string> temporaries(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator(dir))
-    if (e.path().filename().string().find(".nemofs-tmp-") != std::string::npos) out.push_back(e.path().string());
-  return out;
-}
-
-pid_t daemon_pid(const std::string& mp) {
-  auto j = json::parse(run({nemofs_bin(), "status", "--json"}).out, nullptr, false);
-  if (!j.is_array()) return 0;
-  std::string real = std::filesystem::canonical(mp).string();
-  for (const auto& e : j)
-    if (e.value("mountpoint", std::string()) == real && e.contains("pid")) return e["pid"].get<pid_t>();
-  return 0;
 }
 
 // A tmpfs of `size` bytes at `dir` (root only), unmounted on destruction.

@@ -16,46 +16,15 @@
 
 #include "tests/common/manifest_check.h"
 #include "tests/mount/mount_util.h"
+#include "tests/mount/writable_util.h"
 
 using namespace nemofs::testing;
 using nlohmann::json;
 
 namespace {
 
-std::string script(const std::string& name) { return std::string(NEMOFS_TEST_DATA_DIR) + "/../mount/" + name; }
-
-// hashlib uses OpenSSL (SHA-NI where the CPU has it): ~2.5x faster than sha256sum on 1 GiB.
-std::string sha256_file(const std::string& path) {
-  return run({"/usr/bin/python3", "-c",
-              "import hashlib, sys\nh = hashlib.sha256()\nf = open(sys.argv[1], 'rb')\n"
-              "while b := f.read(1 << 24): h.update(b)\nprint(h.hexdigest())",
-              path},
-             300)
-      .out.substr(0, 64);
-}
-
-std::vector<std::string> temporaries(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator(dir))
-    if (e.path().filename().string().find(".nemofs-tmp-") != std::string::npos) out.push_back(e.path().string());
-  return out;
-}
-
-pid_t daemon_pid(const std::string& mp) {
-  auto j = json::parse(run({nemofs_bin(), "status", "--json"}).out, nullptr, false);
-  if (!j.is_array()) return 0;
-  std::string real = std::filesystem::canonical(mp).string();
-  for (const auto& e : j)
-    if (e.value("mountpoint", std::string()) == real && e.contains("pid")) return e["pid"].get<pid_t>();
-  return 0;
-}
-
 RunResult make_nemo(const std::string& out, uint64_t size, const char* kind) {
   return run({"/usr/bin/python3", script("make_big_nemo.py"), out, std::to_string(size), kind}, 300);
-}
-
-RunResult check_commit(const std::string& orig, const std::string& now, const json& spec) {
-  return run({"/usr/bin/python3", script("check_commit.py"), orig, now, spec.dump()}, 300);
 }
 
 json config_edit() {

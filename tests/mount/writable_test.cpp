@@ -14,55 +14,17 @@
 
 #include "tests/common/manifest_check.h"
 #include "tests/mount/mount_util.h"
+#include "tests/mount/writable_util.h"
 
 using namespace nemofs::testing;
 using nlohmann::json;
 
 namespace {
 
-const std::string kConfig = "./model_config.yaml";
-const std::string kTokModel = "./1d2bda5531411bb07ee07d0c150fdd6c_tokenizer.model";
-const std::string kTokVocab = "./6106331dab5dfa1dd78969f3e73bf1d3_tokenizer.vocab";
-const std::string kVocabTxt = "./b61a41f8cc8053f1a730cce9c90087c4_vocab.txt";
-const std::string kLexicon = "./lexicon_" + std::string(110, 'x') + ".txt";
-const std::string kWeights = "./model_weights.ckpt";
-
-json pairs(std::initializer_list<std::pair<std::string, std::string>> ps) {
-  json a = json::array();
-  for (const auto& [x, y] : ps) a.push_back(json::array({x, y}));
-  return a;
-}
-
-std::string check_script() { return std::string(NEMOFS_TEST_DATA_DIR) + "/../mount/check_commit.py"; }
-
 std::string copy_fixture(const TempDir& t, const std::string& name) {
   std::string dst = t / name;
   std::filesystem::copy_file(data_path("real/nemo/" + name), dst);
   return dst;
-}
-
-RunResult check_commit(const std::string& orig, const std::string& now, const json& spec) {
-  return run({"/usr/bin/python3", check_script(), orig, now, spec.dump()}, 300);
-}
-
-std::string sha256_file(const std::string& path) {
-  auto r = run({"sha256sum", path}, 300);
-  return r.out.substr(0, 64);
-}
-
-bool exists(const std::string& path) {
-  struct stat st {};
-  return ::lstat(path.c_str(), &st) == 0;
-}
-
-pid_t daemon_pid(const std::string& mp) {
-  auto r = run({nemofs_bin(), "status", "--json"});
-  auto j = json::parse(r.out, nullptr, false);
-  if (!j.is_array()) return 0;
-  std::string real = std::filesystem::canonical(mp).string();
-  for (const auto& e : j)
-    if (e.value("mountpoint", std::string()) == real && e.contains("pid")) return e["pid"].get<pid_t>();
-  return 0;
 }
 
 // kill -9 of the daemon, then the dead mount cleared.
@@ -72,11 +34,6 @@ void kill_daemon(const std::string& mp) {
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
   for (int i = 0; i < 500 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   run({"fusermount3", "-u", "-z", mp});
-}
-
-std::string overlay_of(const std::string& archive) {
-  auto p = std::filesystem::path(archive);
-  return (p.parent_path() / ("." + p.filename().string() + ".nemofs")).string();
 }
 
 }  // namespace
