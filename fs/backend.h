@@ -41,6 +41,7 @@ struct OpenResult {
   uint64_t fh = 0;
   bool keep_cache = false;  // immutable content: keep the page cache across opens
   bool direct_io = false;
+  bool noflush = false;  // close() of this open sends no FLUSH (nothing to write back through it)
 };
 
 // The answer to a read: a list of segments, each either a span of a real file (spliced by the
@@ -111,14 +112,12 @@ class Backend {
   virtual Entry link(Ino ino, Ino newparent, std::string_view newname) { throw FsError(EROFS); }
   virtual void flush(Ino ino, uint64_t fh) {}
   virtual void fsync(Ino ino, uint64_t fh, bool datasync) {}
-  // Extended attributes. When supports_xattrs() is false the ops are not registered at all, so
-  // the kernel learns (ENOSYS) never to ask again: `ls -l` otherwise pays a round trip per file
-  // for security.selinux / posix ACL lookups that cannot be cached.
-  virtual bool supports_xattrs() const { return false; }
-  virtual std::string getxattr(Ino ino, std::string_view name) { throw FsError(ENODATA); }
-  virtual std::vector<std::string> listxattr(Ino ino) { return {}; }
+  // Extended attributes: only setxattr, as a control call (e.g. `nemofs commit`), and only when
+  // has_control_setxattr(). getxattr/listxattr/removexattr are never registered, so the kernel
+  // learns (ENOSYS) never to ask: `ls -l` otherwise pays two round trips per file for
+  // security.selinux / posix ACL lookups that the kernel cannot cache.
+  virtual bool has_control_setxattr() const { return false; }
   virtual void setxattr(Ino ino, std::string_view name, std::string_view value, int flags) { throw FsError(ENOTSUP); }
-  virtual void removexattr(Ino ino, std::string_view name) { throw FsError(ENOTSUP); }
 
   // Called once when the kernel connection ends (unmount), from the FUSE loop's thread, after the
   // last request. The writable backend commits here.

@@ -55,6 +55,7 @@ void apply_open(fuse_file_info* fi, const OpenResult& r) {
   fi->fh = r.fh;
   fi->keep_cache = r.keep_cache;
   fi->direct_io = r.direct_io;
+  fi->noflush = r.noflush;
 }
 
 void op_init(void* userdata, fuse_conn_info* conn) {
@@ -337,35 +338,6 @@ void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* v
   });
 }
 
-void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  guarded(req, [&] {
-    std::string v = B(req).getxattr(ino, name);
-    if (size == 0) fuse_reply_xattr(req, v.size());
-    else if (size < v.size()) fuse_reply_err(req, ERANGE);
-    else fuse_reply_buf(req, v.data(), v.size());
-  });
-}
-
-void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-  guarded(req, [&] {
-    std::string all;
-    for (const auto& n : B(req).listxattr(ino)) {
-      all += n;
-      all.push_back('\0');
-    }
-    if (size == 0) fuse_reply_xattr(req, all.size());
-    else if (size < all.size()) fuse_reply_err(req, ERANGE);
-    else fuse_reply_buf(req, all.data(), all.size());
-  });
-}
-
-void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
-  guarded(req, [&] {
-    B(req).removexattr(ino, name);
-    fuse_reply_err(req, 0);
-  });
-}
-
 void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
   guarded(req, [&] {
     OpenResult r;
@@ -402,12 +374,10 @@ fuse_lowlevel_ops make_ops(const Backend& backend) {
   ops.readdir = op_readdir;
   ops.readdirplus = op_readdirplus;
   ops.statfs = op_statfs;
-  if (backend.supports_xattrs()) {
-    ops.setxattr = op_setxattr;
-    ops.getxattr = op_getxattr;
-    ops.listxattr = op_listxattr;
-    ops.removexattr = op_removexattr;
-  }
+  // Only setxattr (a control call) is ever registered: an unregistered getxattr answers ENOSYS
+  // once and the kernel never asks again, while a registered one costs `ls -l` two uncacheable
+  // round trips per file (security.selinux, posix ACLs).
+  if (backend.has_control_setxattr()) ops.setxattr = op_setxattr;
   ops.create = op_create;
   return ops;
 }

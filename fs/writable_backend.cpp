@@ -786,6 +786,9 @@ OpenResult WritableBackend::open(Ino ino, int flags) {
   ++n.opens;
   OpenResult r;
   r.keep_cache = true;  // every change passes through this mount, so the kernel's cache stays right
+  // A read-only open never makes data dirty, so its close has nothing to fdatasync: skipping the
+  // FLUSH saves one of the three round trips of open-read-close on a cached file.
+  r.noflush = !writing;
   return r;
 }
 
@@ -1075,13 +1078,6 @@ void WritableBackend::fsync(Ino ino, uint64_t fh, bool datasync) {
   }
 }
 
-std::string WritableBackend::getxattr(Ino ino, std::string_view name) {
-  if (ino == kRootIno && name == "user.nemofs.pending") return std::to_string(pending_edits());
-  throw FsError(ENODATA);
-}
-
-std::vector<std::string> WritableBackend::listxattr(Ino) { return {}; }
-
 void WritableBackend::setxattr(Ino ino, std::string_view name, std::string_view value, int flags) {
   if (ino == kRootIno && name == "user.nemofs.commit") {
     std::lock_guard lk(mu_);
@@ -1097,8 +1093,6 @@ void WritableBackend::setxattr(Ino ino, std::string_view name, std::string_view 
   }
   throw FsError(ENOTSUP);
 }
-
-void WritableBackend::removexattr(Ino, std::string_view) { throw FsError(ENOTSUP); }
 
 size_t WritableBackend::pending_edits() {
   std::lock_guard lk(mu_);

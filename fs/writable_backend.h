@@ -22,7 +22,8 @@
 //
 // Control: setxattr("user.nemofs.commit") on the mount's root commits synchronously (the answer
 // is 0 or the errno; the one-line outcome goes to the mount's result file in the state folder).
-// getxattr("user.nemofs.pending") on the root gives the number of pending edits.
+// The number of pending edits goes to the mount's state file (`nemofs status`), not to an xattr:
+// see Backend::has_control_setxattr for why nothing answers getxattr.
 #pragma once
 
 #include <sys/types.h>
@@ -84,11 +85,8 @@ class WritableBackend final : public Backend {
   Entry link(Ino ino, Ino newparent, std::string_view newname) override;
   void flush(Ino ino, uint64_t fh) override;
   void fsync(Ino ino, uint64_t fh, bool datasync) override;
-  bool supports_xattrs() const override { return true; }  // user.nemofs.commit / .pending on the root
-  std::string getxattr(Ino ino, std::string_view name) override;
-  std::vector<std::string> listxattr(Ino ino) override;
+  bool has_control_setxattr() const override { return true; }  // user.nemofs.commit on the root
   void setxattr(Ino ino, std::string_view name, std::string_view value, int flags) override;
-  void removexattr(Ino ino, std::string_view name) override;
 
   void destroy() override;
   bool outcome_ok() const override { return outcome_ok_; }
