@@ -341,6 +341,9 @@ def gen_nemo(out, block, weights_bytes):
         "yaml_member": "model_config.yaml",
         # Absolute offsets in the .nemo of the storage records that are exactly `block`.
         "block_ranges": [(off + o, n) for _, o, n in storages if n == BLOCK],
+        # Every tensor of the checkpoint: (name, absolute offset of its bytes in the .nemo, nbytes).
+        # One storage per tensor, numbered in the state dict's order.
+        "tensors": [(list(sd)[int(k)], off + o, n) for k, o, n in storages],
     }
 
 
