@@ -933,17 +933,22 @@ Entry WritableBackend::create(Ino parent, std::string_view name, mode_t mode, in
   return entry_of(n);
 }
 
-Entry WritableBackend::mknod(Ino parent, std::string_view name, mode_t mode, dev_t rdev) {
-  if (!S_ISREG(mode)) throw FsError(EPERM);
-  std::lock_guard lk(mu_);
+WritableBackend::WNode& WritableBackend::dir_for_new_entry(Ino parent, std::string_view name) {
   WNode& d = node(parent);
   check_mutable_dir(d);
   check_name(name);
   if (WNode* c = child(d, name)) {
     if (visible(*c)) throw FsError(EEXIST);
-    detach(*c);
+    detach(*c);  // a hidden view: the new entry replaces it
     drop(*c);
   }
+  return d;
+}
+
+Entry WritableBackend::mknod(Ino parent, std::string_view name, mode_t mode, dev_t rdev) {
+  if (!S_ISREG(mode)) throw FsError(EPERM);
+  std::lock_guard lk(mu_);
+  WNode& d = dir_for_new_entry(parent, name);
   WNode& n = new_file(d, std::string(name), mode);
   ++n.nlookup;
   return entry_of(n);
@@ -951,14 +956,7 @@ Entry WritableBackend::mknod(Ino parent, std::string_view name, mode_t mode, dev
 
 Entry WritableBackend::mkdir(Ino parent, std::string_view name, mode_t mode) {
   std::lock_guard lk(mu_);
-  WNode& d = node(parent);
-  check_mutable_dir(d);
-  check_name(name);
-  if (WNode* c = child(d, name)) {
-    if (visible(*c)) throw FsError(EEXIST);
-    detach(*c);
-    drop(*c);
-  }
+  WNode& d = dir_for_new_entry(parent, name);
   Ino ino = new_node(Kind::Dir);
   WNode& n = *nodes_[ino];
   n.mode = mode & 07777;

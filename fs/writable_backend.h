@@ -180,6 +180,9 @@ class WritableBackend final : public Backend {
   void check_mutable_dir(WNode& dir);
   void check_name(std::string_view name);
   WNode& new_file(WNode& dir, const std::string& name, mode_t mode);
+  // The folder `parent` ready to take a new entry `name` (mknod, mkdir): mutable, a valid name, no
+  // visible entry of that name (EEXIST); a hidden view of that name is dropped.
+  WNode& dir_for_new_entry(Ino parent, std::string_view name);
   void copy_up(WNode& n, bool keep_bytes);
   void set_size(WNode& n, uint64_t size);
   int64_t mtime_of(const WNode& n);
