@@ -320,25 +320,29 @@ class Bench:
         return (time.perf_counter() - t) * 1e3
 
     # ---- one workload: systems alternated within each repetition
+    def live_systems(self, wl, systems, src, rows):
+        """The systems that can run this workload; the others get n/a (with why) in every row."""
+        live = []
+        for s in systems:
+            if s.startswith("nemofs") and not self.nemofs_supports(src):
+                why = NA_BUILD
+            elif s in self.have and not self.have[s]:
+                why = f"n/a ({s} not installed)"
+            else:
+                live.append(s)
+                continue
+            for row in rows:
+                self.na(wl, row, s, why)
+        if "direct" in live:
+            for row in ("mount", "rss", "rss_anon"):
+                self.na(wl, row, "direct", "—")
+        return live
+
     def big_file_workload(self, wl, systems, src, probe, ranges_of, minimal_range=None, peer_random=True,
                           cold_mount=False, reps=None):
         """Rows: mount, seq first/warm, random 4 KiB first/warm, daemon RSS. probe(system): the
         path inside the mount whose stat ends the mount-time measurement."""
-        live = []
-        for s in systems:
-            if s.startswith("nemofs") and not self.nemofs_supports(src):
-                for row in ROWS_BIG:
-                    self.na(wl, row, s, NA_BUILD)
-                continue
-            if s in self.have and not self.have[s]:
-                for row in ROWS_BIG:
-                    self.na(wl, row, s, f"n/a ({s} not installed)")
-                continue
-            live.append(s)
-        if "direct" in live:
-            self.na(wl, "mount", "direct", "—")
-            self.na(wl, "rss", "direct", "—")
-            self.na(wl, "rss_anon", "direct", "—")
+        live = self.live_systems(wl, systems, src, ROWS_BIG)
         for rep in range(reps or self.reps):
             order = live[rep % len(live):] + live[: rep % len(live)]
             for s in order:
@@ -403,21 +407,8 @@ class Bench:
 
     def tree_workload(self, wl, systems, src, extracted, probe, members):
         """Rows for many small members: mount, find, ls -lR (first, repeat), read all, RSS."""
-        live = []
-        for s in systems:
-            if s.startswith("nemofs") and not self.nemofs_supports(src):
-                for row in ROWS_TREE:
-                    self.na(wl, row, s, NA_BUILD)
-                continue
-            if s in self.have and not self.have[s]:
-                for row in ROWS_TREE:
-                    self.na(wl, row, s, f"n/a ({s} not installed)")
-                continue
-            live.append(s)
+        live = self.live_systems(wl, systems, src, ROWS_TREE)
         if "direct" in live:
-            self.na(wl, "mount", "direct", "—")
-            self.na(wl, "rss", "direct", "—")
-            self.na(wl, "rss_anon", "direct", "—")
             if extracted is None:
                 for row in ("find", "ls_first", "ls_repeat"):
                     self.na(wl, row, "direct", "n/a (no extracted tree)")
