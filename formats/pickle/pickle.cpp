@@ -409,6 +409,20 @@ class Machine {
  private:
   [[noreturn]] void fail(const std::string& msg) const { throw FormatError(kFmt, op_at_, msg); }
 
+  // The current opcode's fixed-width little-endian argument (the "truncated" error when the
+  // stream ends first).
+  template <class T>
+  T arg() {
+    in_.need(sizeof(T), op_at_, op_);
+    unsigned char b[sizeof(T)];
+    in_.copy(b, sizeof(T));
+    return load_le<T>(b);
+  }
+  uint8_t arg_byte() {
+    in_.need(1, op_at_, op_);
+    return in_.byte();
+  }
+
   Value* make(Kind k) { return arena_->make(k); }
   // Immutable leaves (None, bools, small ints, the empty tuple) are made once per stream and
   // shared, as CPython shares them; Arena::size() still counts every use.
@@ -933,16 +947,12 @@ Document Machine::run() {
     op_ = in_.byte();
     switch (op_) {
       case 0x80: {  // PROTO
-        in_.need(1, op_at_, op_);
-        uint8_t v = in_.byte();
+        uint8_t v = arg_byte();
         if (v > 5) fail("unsupported pickle protocol " + std::to_string(v) + " (0-5 are known)");
         break;
       }
       case 0x95: {  // FRAME: framing is only a read-ahead hint
-        in_.need(8, op_at_, op_);
-        unsigned char b[8];
-        in_.copy(b, 8);
-        uint64_t n = load_le<uint64_t>(b);
+        uint64_t n = arg<uint64_t>();
         in_.length_ok(n, op_at_, op_);
         break;
       }
@@ -974,21 +984,14 @@ Document Machine::run() {
         break;
       }
       case 'J': {
-        in_.need(4, op_at_, op_);
-        unsigned char b[4];
-        in_.copy(b, 4);
-        push(make_int(load_le<int32_t>(b)));
+        push(make_int(arg<int32_t>()));
         break;
       }
       case 'K':
-        in_.need(1, op_at_, op_);
-        push(make_int(in_.byte()));
+        push(make_int(arg_byte()));
         break;
       case 'M': {
-        in_.need(2, op_at_, op_);
-        unsigned char b[2];
-        in_.copy(b, 2);
-        push(make_int(load_le<uint16_t>(b)));
+        push(make_int(arg<uint16_t>()));
         break;
       }
       case 'L': {
@@ -1001,13 +1004,9 @@ Document Machine::run() {
       case 0x8b: {  // LONG1 / LONG4
         uint64_t n;
         if (op_ == 0x8a) {
-          in_.need(1, op_at_, op_);
-          n = in_.byte();
+          n = arg_byte();
         } else {
-          in_.need(4, op_at_, op_);
-          unsigned char b[4];
-          in_.copy(b, 4);
-          int32_t len = load_le<int32_t>(b);
+          int32_t len = arg<int32_t>();
           if (len < 0) fail("LONG4 has a negative length " + std::to_string(len));
           n = static_cast<uint64_t>(len);
         }
@@ -1052,13 +1051,9 @@ Document Machine::run() {
       case 'U': {  // BINSTRING / SHORT_BINSTRING: Python 2 str
         uint64_t n;
         if (op_ == 'U') {
-          in_.need(1, op_at_, op_);
-          n = in_.byte();
+          n = arg_byte();
         } else {
-          in_.need(4, op_at_, op_);
-          unsigned char b[4];
-          in_.copy(b, 4);
-          int32_t len = load_le<int32_t>(b);
+          int32_t len = arg<int32_t>();
           if (len < 0) fail("BINSTRING has a negative length " + std::to_string(len));
           n = static_cast<uint64_t>(len);
         }
@@ -1077,12 +1072,9 @@ Document Machine::run() {
       case 'C':
       case 0x8e:
       case 0x96: {
-        uint64_t n;
-        size_t w = (op_ == 0x8c || op_ == 'C') ? 1 : (op_ == 'X' || op_ == 'B') ? 4 : 8;
-        in_.need(w, op_at_, op_);
-        unsigned char b[8] = {};
-        in_.copy(b, w);
-        n = w == 1 ? b[0] : w == 4 ? load_le<uint32_t>(b) : load_le<uint64_t>(b);
+        uint64_t n = (op_ == 0x8c || op_ == 'C')  ? arg_byte()
+                     : (op_ == 'X' || op_ == 'B') ? arg<uint32_t>()
+                                                  : arg<uint64_t>();
         in_.length_ok(n, op_at_, op_);
         Text s = in_.take(static_cast<size_t>(n), *arena_);
         bool text = op_ == 'X' || op_ == 0x8c || op_ == 0x8d;
@@ -1186,28 +1178,20 @@ Document Machine::run() {
         push(memo_get(parse_index(in_.line(limits_.max_line, op_at_, op_))));
         break;
       case 'h':
-        in_.need(1, op_at_, op_);
-        push(memo_get(in_.byte()));
+        push(memo_get(arg_byte()));
         break;
       case 'j': {
-        in_.need(4, op_at_, op_);
-        unsigned char b[4];
-        in_.copy(b, 4);
-        push(memo_get(load_le<uint32_t>(b)));
+        push(memo_get(arg<uint32_t>()));
         break;
       }
       case 'p':
         memo_put(parse_index(in_.line(limits_.max_line, op_at_, op_)));
         break;
       case 'q':
-        in_.need(1, op_at_, op_);
-        memo_put(in_.byte());
+        memo_put(arg_byte());
         break;
       case 'r': {
-        in_.need(4, op_at_, op_);
-        unsigned char b[4];
-        in_.copy(b, 4);
-        memo_put(load_le<uint32_t>(b));
+        memo_put(arg<uint32_t>());
         break;
       }
       case 0x94:
