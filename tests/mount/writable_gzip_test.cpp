@@ -34,23 +34,6 @@ void expect_valid_gzip(const std::string& path) {
   EXPECT_EQ(t.status, 0) << "gzip -t: " << t.err;
 }
 
-// A tmpfs of `size` bytes at `dir` (root only), unmounted on destruction.
-class Tmpfs {
- public:
-  Tmpfs(const std::string& dir, const std::string& size) : dir_(dir) {
-    ::mkdir(dir.c_str(), 0755);
-    ok_ = ::mount("tmpfs", dir.c_str(), "tmpfs", 0, ("size=" + size).c_str()) == 0;
-  }
-  ~Tmpfs() {
-    if (ok_) ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool ok() const { return ok_; }
-
- private:
-  std::string dir_;
-  bool ok_ = false;
-};
-
 }  // namespace
 
 // The scenario on a gzip .nemo: sed -i, cp over the tokenizer, >> the vocab, a new member,
@@ -181,24 +164,9 @@ TEST(WritableGzipMount, KillNineMidCommitKeepsTheOriginalAndTheEdit) {
     ASSERT_EQ(run_shell("cd " + m.path() + " && sed -i 's/sample_rate: 16000/sample_rate: 44100/' model_config.yaml").status, 0);
     pid_t pid = daemon_pid(m.path());
     ASSERT_GT(pid, 0);
-    RunResult commit;
-    std::thread committer([&] { commit = run({nemofs_bin(), "commit", m.path()}, 300); });
-    bool killed = false;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (!killed && std::chrono::steady_clock::now() < deadline) {
-      for (const auto& t : temporaries(tmp.path())) {
-        struct stat st {};
-        if (::stat(t.c_str(), &st) == 0 && st.st_size > 0) {
-          ::kill(pid, SIGKILL);
-          killed = true;
-          break;
-        }
-      }
-      if (!killed) std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    committer.join();
-    ASSERT_TRUE(killed) << "the commit never started writing: " << commit.err;
-    EXPECT_NE(commit.status, 0) << "the commit was killed, it cannot have succeeded";
+    auto k = kill_daemon_mid_commit(m.path(), pid, tmp.path(), std::chrono::seconds(30));
+    ASSERT_TRUE(k.killed) << "the commit never started writing: " << k.commit.err;
+    EXPECT_NE(k.commit.status, 0) << "the commit was killed, it cannot have succeeded";
     EXPECT_FALSE(temporaries(tmp.path()).empty()) << "killed before the rename: the partial archive is left";
     run({"fusermount3", "-u", "-z", m.path()});
     m.umount();

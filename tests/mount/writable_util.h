@@ -2,12 +2,16 @@
 // checker (check_commit.py, CPython tarfile + NeMo's restore steps), and daemon/overlay lookups.
 #pragma once
 
+#include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <filesystem>
 #include <initializer_list>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -75,6 +79,50 @@ inline pid_t daemon_pid(const std::string& mp) {
   for (const auto& e : j)
     if (e.value("mountpoint", std::string()) == real && e.contains("pid")) return e["pid"].get<pid_t>();
   return 0;
+}
+
+// A tmpfs of `size` bytes at `dir` (root only), unmounted on destruction.
+class Tmpfs {
+ public:
+  Tmpfs(const std::string& dir, const std::string& size) : dir_(dir) {
+    ::mkdir(dir.c_str(), 0755);
+    ok_ = ::mount("tmpfs", dir.c_str(), "tmpfs", 0, ("size=" + size).c_str()) == 0;
+  }
+  ~Tmpfs() {
+    if (ok_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  std::string dir_;
+  bool ok_ = false;
+};
+
+struct KillMidCommit {
+  bool killed = false;  // the daemon was killed while its new archive had bytes in it
+  RunResult commit;     // what `nemofs commit` said
+};
+
+// Runs `nemofs commit` on the writable mount `mp` of an archive in `dir`, and kill -9s the
+// daemon `pid` as soon as the commit's temporary in `dir` holds bytes: the copy is in flight.
+inline KillMidCommit kill_daemon_mid_commit(const std::string& mp, pid_t pid, const std::string& dir,
+                                            std::chrono::seconds within) {
+  KillMidCommit k;
+  std::thread committer([&] { k.commit = run({nemofs_bin(), "commit", mp}, 300); });
+  auto deadline = std::chrono::steady_clock::now() + within;
+  while (!k.killed && std::chrono::steady_clock::now() < deadline) {
+    for (const auto& t : temporaries(dir)) {
+      struct stat st {};
+      if (::stat(t.c_str(), &st) == 0 && st.st_size > 0) {
+        ::kill(pid, SIGKILL);
+        k.killed = true;
+        break;
+      }
+    }
+    if (!k.killed) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  committer.join();
+  return k;
 }
 
 }  // namespace nemofs::testing
