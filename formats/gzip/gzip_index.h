@@ -190,6 +190,9 @@ struct GzipStats {
   uint64_t blocks_inflated = 0;  // blocks produced by inflating
   uint64_t cursor_starts = 0;   // inflates started at an access point
   uint64_t cursor_resumes = 0;  // inflates continued from where an earlier read stopped
+  uint64_t cache_bytes = 0;     // block buffers the cache holds now
+  uint64_t block_bytes = 0;     // block buffers in use now: the cache's plus those readers hold
+  uint64_t block_bytes_peak = 0;  // the most block_bytes has been
 };
 
 // The uncompressed bytes of a gzip file, read through an index. Thread-safe; inflated blocks are
@@ -211,6 +214,9 @@ class GzipSource final : public ByteSource {
   // Why the index was not persisted or not loaded (empty when all went well).
   const std::string& cache_note() const { return note_; }
   GzipStats stats() const;
+  // The cache's bound in bytes (cache_bytes, at least two blocks). Block buffers in use stay under
+  // it plus one block per concurrent reader; up to 4 freed ones are kept for reuse.
+  size_t cache_capacity() const;
 
  private:
   struct Impl;
