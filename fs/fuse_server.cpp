@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -383,6 +384,10 @@ fuse_lowlevel_ops make_ops(const Backend& backend) {
 }
 
 int run_loop(fuse_session* se, const ServerOptions& opts) {
+  // Opening the checkpoint (a gzip first pass, a large parse) frees what it built into the heap,
+  // where glibc keeps it; the server would carry it for its whole life (forked, it starts with the
+  // opener's resident pages).
+  ::malloc_trim(0);
   if (fuse_set_signal_handlers(se) != 0) return 4;
   int rc;
   if (opts.debug || opts.max_threads <= 1) {

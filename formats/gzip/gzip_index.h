@@ -74,7 +74,7 @@ struct GzipOptions {
   uint64_t min_span = 1u << 20;     // least uncompressed distance between access points
   double max_index_ratio = 0.0075;  // stored index bytes / uncompressed bytes (points spread out to stay under)
   uint32_t block_size = 256u << 10;  // CRC and cache granularity (a new index only)
-  size_t cache_bytes = 48u << 20;   // inflated blocks kept in memory, per source
+  size_t cache_bytes = 16u << 20;   // inflated blocks kept in memory, per source (see GzipSource)
   // Where index files live: nullopt = $XDG_CACHE_HOME/nemofs or ~/.cache/nemofs; "" = never persist.
   std::optional<std::string> cache_dir;
   bool progress = true;              // progress on stderr during a long first pass (tty only, after ~1 s)
@@ -190,6 +190,9 @@ struct GzipStats {
   uint64_t blocks_inflated = 0;  // blocks produced by inflating
   uint64_t cursor_starts = 0;   // inflates started at an access point
   uint64_t cursor_resumes = 0;  // inflates continued from where an earlier read stopped
+  uint64_t cache_bytes = 0;     // block buffers the cache holds now
+  uint64_t block_bytes = 0;     // block buffers in use now: the cache's plus those readers hold
+  uint64_t block_bytes_peak = 0;  // the most block_bytes has been
 };
 
 // The uncompressed bytes of a gzip file, read through an index. Thread-safe; inflated blocks are
@@ -211,6 +214,10 @@ class GzipSource final : public ByteSource {
   // Why the index was not persisted or not loaded (empty when all went well).
   const std::string& cache_note() const { return note_; }
   GzipStats stats() const;
+  // The cache's bound in bytes (cache_bytes, at least two blocks). Block buffers in use stay under
+  // it plus two blocks per concurrent reader (the one it copies from, the one it inflates into);
+  // up to 4 freed ones are kept for reuse, the rest are unmapped at once.
+  size_t cache_capacity() const;
 
  private:
   struct Impl;

@@ -275,6 +275,65 @@ TEST_F(GzipFiles, SequentialReadInflatesEachBlockOnce) {
   EXPECT_EQ(st.cursor_starts, 1u);
 }
 
+// Inflated blocks live in whole-block buffers: the cache holds at most its capacity of them, and
+// every other buffer in use is one a reader is copying from or inflating into (two per reader).
+uint64_t buffer_bytes(const GzipSource& gz) {
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  return (gz.index().block_size + page - 1) / page * page;
+}
+
+TEST_F(GzipFiles, BlockMemoryStaysWithinTheCacheBoundSequentially) {
+  write_file(file("a.gz"), big_gz());
+  auto gz = open_file(file("a.gz"), dense(""));  // 4 MiB cache, 16 KiB blocks
+  const std::string& d = big_data();
+  ASSERT_EQ(gz->cache_capacity(), 4u << 20);
+  std::string buf(1 << 20, '\0');
+  for (uint64_t off = 0; off < d.size(); off += buf.size()) {
+    size_t got = gz->read_at(off, buf.data(), buf.size());
+    ASSERT_EQ(0, std::memcmp(buf.data(), d.data() + off, got)) << off;
+  }
+  auto st = gz->stats();
+  const uint64_t blocks = gz->index().block_crcs.size();
+  ASSERT_GT(blocks * buffer_bytes(*gz), 4 * gz->cache_capacity());  // far more was inflated than fits
+  EXPECT_EQ(st.blocks_inflated, blocks);
+  EXPECT_LE(st.cache_bytes, gz->cache_capacity());
+  EXPECT_GE(st.cache_bytes, gz->cache_capacity() - buffer_bytes(*gz));  // it did fill up
+  // One reader: the block being inflated is the only one outside the cache (the block it copies
+  // from is still cached: a run never evicts its own output).
+  EXPECT_LE(st.block_bytes_peak, gz->cache_capacity() + buffer_bytes(*gz));
+  EXPECT_EQ(st.block_bytes, st.cache_bytes);  // the reader let go of its last block
+}
+
+TEST_F(GzipFiles, BlockMemoryStaysWithinTheCacheBoundAcrossThreads) {
+  write_file(file("a.gz"), big_gz());
+  GzipOptions o = dense("");
+  o.cache_bytes = 1 << 20;
+  auto gz = open_file(file("a.gz"), o);
+  const std::string& d = big_data();
+  constexpr int kThreads = 12;
+  std::atomic<int> bad{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t)
+    ts.emplace_back([&, t] {
+      std::mt19937_64 rng(500 + t);
+      std::string buf;
+      for (int i = 0; i < 60; ++i) {
+        uint64_t off = t % 3 ? rng() % d.size() : (t << 20) + rng() % (2u << 20);  // some sequential-ish
+        size_t len = static_cast<size_t>(rng() % (512u << 10)) + 1;
+        buf.assign(len, '\0');
+        size_t got = gz->read_at(off, buf.data(), len);
+        if (got != std::min<uint64_t>(len, d.size() - off) || std::memcmp(buf.data(), d.data() + off, got) != 0) ++bad;
+      }
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  auto st = gz->stats();
+  EXPECT_GT(st.blocks_inflated * buffer_bytes(*gz), 8 * gz->cache_capacity());
+  EXPECT_LE(st.cache_bytes, gz->cache_capacity());
+  EXPECT_LE(st.block_bytes_peak, gz->cache_capacity() + 2 * kThreads * buffer_bytes(*gz));
+  EXPECT_EQ(st.block_bytes, st.cache_bytes);
+}
+
 TEST_F(GzipFiles, MultiMemberStreams) {
   std::string a = make_data(700000, 1), b = make_data(3, 2), c = make_data(900000, 3);
   std::string gz = gzip_bytes(a) + gzip_bytes("") + gzip_bytes(b, 1) + gzip_bytes(c, 9);
