@@ -175,9 +175,41 @@ std::pair<uint64_t, uint64_t> GzipIndex::block_range(uint64_t block) const {
   return {s, std::min<uint64_t>(s + block_size, chunk_end)};
 }
 
+GzipIndexFile::GzipIndexFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+
+GzipIndexFile::~GzipIndexFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void GzipIndexFile::read(uint64_t off, void* buf, size_t n) const {
+  auto* p = static_cast<char*>(buf);
+  size_t done = 0;
+  while (done < n) {
+    ssize_t got = ::pread(fd_, p + done, n - done, static_cast<off_t>(off + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) eio("gzip index file " + path_ + ": " + std::strerror(errno));
+    if (got == 0)
+      eio("gzip index file " + path_ + " ends at byte " + std::to_string(off + done) +
+          ": it was truncated since it was loaded");
+    done += static_cast<size_t>(got);
+  }
+}
+
 std::string GzipIndex::window(size_t i) const {
   const GzipPoint& p = points.at(i);
-  const char* stored = windows.data() + p.window_off;
+  std::string from_file;
+  const char* stored = nullptr;
+  if (window_file) {
+    // window_stored was bounded when the index was loaded (<= compressBound(32 KiB)).
+    from_file.resize(p.window_stored);
+    window_file->read(p.window_off, from_file.data(), from_file.size());
+    if (crc(0, from_file.data(), from_file.size()) != p.window_crc)
+      eio("gzip index file " + window_file->path() + ": the window of access point " + std::to_string(i) +
+          " changed since the file was loaded");
+    stored = from_file.data();
+  } else {
+    stored = windows.data() + p.window_off;
+  }
   if (p.window_method == 0) return std::string(stored, p.window_len);
   std::string out(p.window_len, '\0');
   uLongf n = p.window_len;
@@ -266,6 +298,7 @@ void GzipIndexRecorder::add_point(uint64_t in, uint8_t bits, const unsigned char
       idx_.windows.append(reinterpret_cast<const char*>(window), window_len);
     }
     p.window_stored = static_cast<uint32_t>(idx_.windows.size() - p.window_off);
+    p.window_crc = crc(0, idx_.windows.data() + p.window_off, p.window_stored);
     window_estimate_ = static_cast<uint64_t>(p.window_stored) * kWindow / window_len;
   }
   index_bytes_ += kPointBytes + p.window_stored;
@@ -428,23 +461,27 @@ std::string serialize_gzip_index(const GzipIndex& idx, const GzipFileKey& key) {
 
 namespace {
 
-// `owned` (the same bytes) becomes the windows' storage instead of a copy: a second mount of a
-// large archive then costs one read of the file and one checksum pass.
-std::optional<GzipIndex> parse_index(std::string_view bytes, const GzipFileKey* expect, std::string* why,
-                                     std::string* owned) {
-  auto fail = [&](const std::string& w) -> std::optional<GzipIndex> {
-    if (why) *why = w;
-    return std::nullopt;
-  };
-  if (bytes.size() < kHeaderBytes + 4) return fail("truncated");
-  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
-  const size_t body = bytes.size() - 4;
-  if (load_le<uint32_t>(b + body) != crc(0, b, body)) return fail("checksum mismatch");
-  if (std::memcmp(b, kMagic, 8) != 0) return fail("not a nemofs gzip index");
-  if (load_le<uint32_t>(b + 8) != 1) return fail("unknown index version");
-  GzipIndex idx;
+// What the 88-byte header says, checked against the body length (the file less its checksum)
+// before anything is allocated from its counts.
+struct IndexHeader {
+  GzipIndex idx;  // block_size, sizes, members
+  uint64_t np = 0, nb = 0, nw = 0;
+  uint64_t tables = 0;  // bytes of points and block CRCs after the header
+};
+
+using Why = std::string*;
+
+bool fail(Why why, const std::string& w) {
+  if (why) *why = w;
+  return false;
+}
+
+bool parse_header(const unsigned char* b, uint64_t body, const GzipFileKey* expect, Why why, IndexHeader& h) {
+  if (std::memcmp(b, kMagic, 8) != 0) return fail(why, "not a nemofs gzip index");
+  if (load_le<uint32_t>(b + 8) != 1) return fail(why, "unknown index version");
+  GzipIndex& idx = h.idx;
   idx.block_size = load_le<uint32_t>(b + 12);
-  if (idx.block_size < 4096 || idx.block_size > (64u << 20)) return fail("block size out of range");
+  if (idx.block_size < 4096 || idx.block_size > (64u << 20)) return fail(why, "block size out of range");
   GzipFileKey key;
   key.dev = load_le<uint64_t>(b + 16);
   key.ino = load_le<uint64_t>(b + 24);
@@ -452,24 +489,32 @@ std::optional<GzipIndex> parse_index(std::string_view bytes, const GzipFileKey* 
   key.mtime_ns = load_le<int64_t>(b + 40);
   key.head_crc = load_le<uint32_t>(b + 48);
   key.tail_crc = load_le<uint32_t>(b + 52);
-  if (expect && !(key == *expect)) return fail("stale (the archive changed since it was indexed)");
+  if (expect && !(key == *expect)) return fail(why, "stale (the archive changed since it was indexed)");
   idx.compressed_size = key.size;
   idx.uncompressed_size = load_le<uint64_t>(b + 56);
   idx.members = load_le<uint32_t>(b + 64);
-  const uint64_t np = load_le<uint32_t>(b + 68);
-  const uint64_t nb = load_le<uint64_t>(b + 72);
-  const uint64_t nw = load_le<uint64_t>(b + 80);
+  h.np = load_le<uint32_t>(b + 68);
+  h.nb = load_le<uint64_t>(b + 72);
+  h.nw = load_le<uint64_t>(b + 80);
   // Every count is bounded by the file length before anything is allocated from it.
-  auto pts = try_mul(np, kPointBytes);
-  auto crcs = try_mul(nb, 4);
-  auto total = pts && crcs ? try_add(kHeaderBytes, *pts) : std::nullopt;
-  if (total) total = try_add(*total, *crcs);
-  if (total) total = try_add(*total, nw);
-  if (!total || *total != body) return fail("length does not match its counts");
-  if (idx.members == 0) return fail("no members");
-  if ((idx.uncompressed_size == 0) != (np == 0) || (np == 0) != (nb == 0)) return fail("points and size disagree");
+  auto pts = try_mul(h.np, kPointBytes);
+  auto crcs = try_mul(h.nb, 4);
+  auto tables = pts && crcs ? try_add(*pts, *crcs) : std::nullopt;
+  auto total = tables ? try_add(kHeaderBytes, *tables) : std::nullopt;
+  if (total) total = try_add(*total, h.nw);
+  if (!total || *total != body) return fail(why, "length does not match its counts");
+  h.tables = *tables;
+  if (idx.members == 0) return fail(why, "no members");
+  if ((idx.uncompressed_size == 0) != (h.np == 0) || (h.np == 0) != (h.nb == 0)) return fail(why, "points and size disagree");
+  return true;
+}
+
+// The points and block CRCs (`r`: h.tables bytes). Window offsets come out relative to the
+// windows' start.
+bool parse_tables(IndexHeader& h, const unsigned char* r, Why why) {
+  GzipIndex& idx = h.idx;
+  const uint64_t np = h.np, nb = h.nb, nw = h.nw;
   idx.points.resize(np);
-  const unsigned char* r = b + kHeaderBytes;
   uint64_t woff = 0, blocks = 0;
   for (uint64_t i = 0; i < np; ++i, r += kPointBytes) {
     GzipPoint& p = idx.points[i];
@@ -479,40 +524,105 @@ std::optional<GzipIndex> parse_index(std::string_view bytes, const GzipFileKey* 
     p.window_len = load_le<uint16_t>(r + 20);
     p.bits = r[22];
     p.window_method = r[23];
-    if (i == 0 ? p.out != 0 : p.out <= idx.points[i - 1].out) return fail("access points out of order");
-    if (p.out >= idx.uncompressed_size) return fail("access point past the end");
-    if (p.in > key.size || (i > 0 && p.in < idx.points[i - 1].in)) return fail("access point outside the archive");
-    if (p.bits > 7 || (p.bits > 0 && p.in == 0)) return fail("bad bit offset");
-    if (p.window_len > kWindow || p.window_len > p.out) return fail("bad window length");
+    if (i == 0 ? p.out != 0 : p.out <= idx.points[i - 1].out) return fail(why, "access points out of order");
+    if (p.out >= idx.uncompressed_size) return fail(why, "access point past the end");
+    if (p.in > idx.compressed_size || (i > 0 && p.in < idx.points[i - 1].in)) return fail(why, "access point outside the archive");
+    if (p.bits > 7 || (p.bits > 0 && p.in == 0)) return fail(why, "bad bit offset");
+    if (p.window_len > kWindow || p.window_len > p.out) return fail(why, "bad window length");
     if (p.window_method > 1 || (p.window_method == 0 && p.window_stored != p.window_len) ||
         (p.window_method == 1 && (p.window_stored == 0 || p.window_len == 0 || p.window_stored > compressBound(kWindow))))
-      return fail("bad window encoding");
-    p.window_off = woff;  // relative to the windows' start until the end
+      return fail(why, "bad window encoding");
+    p.window_off = woff;
     woff += p.window_stored;  // <= np * 2^32: no overflow
-    if (woff > nw) return fail("windows overrun");
+    if (woff > nw) return fail(why, "windows overrun");
     p.first_block = blocks;
     uint64_t end = i + 1 < np ? load_le<uint64_t>(r + kPointBytes) : idx.uncompressed_size;
-    if (end <= p.out) return fail("access points out of order");
+    if (end <= p.out) return fail(why, "access points out of order");
     blocks += (end - p.out - 1) / idx.block_size + 1;
-    if (blocks > nb) return fail("block count too small");
+    if (blocks > nb) return fail(why, "block count too small");
   }
-  if (woff != nw || blocks != nb) return fail("counts disagree");
+  if (woff != nw || blocks != nb) return fail(why, "counts disagree");
   idx.block_crcs.resize(nb);
   for (uint64_t i = 0; i < nb; ++i, r += 4) idx.block_crcs[i] = load_le<uint32_t>(r);
-  if (owned) {
-    const uint64_t base = static_cast<uint64_t>(reinterpret_cast<const char*>(r) - bytes.data());
-    for (GzipPoint& p : idx.points) p.window_off += base;
-    idx.windows = std::move(*owned);
-  } else {
-    idx.windows.assign(reinterpret_cast<const char*>(r), nw);
+  return true;
+}
+
+// Reads exactly n bytes at off; false on a short read or an error.
+bool pread_all(int fd, uint64_t off, void* buf, size_t n) {
+  auto* p = static_cast<char*>(buf);
+  size_t done = 0;
+  while (done < n) {
+    ssize_t got = ::pread(fd, p + done, n - done, static_cast<off_t>(off + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    done += static_cast<size_t>(got);
   }
-  return idx;
+  return true;
+}
+
+// The index then reads its windows from `file`: offsets become the file's (windows are stored in
+// point order, back to back, after the tables), and the in-memory copy goes.
+void back_windows_by_file(GzipIndex& idx, std::shared_ptr<const GzipIndexFile> file) {
+  uint64_t off = kHeaderBytes + idx.points.size() * kPointBytes + idx.block_crcs.size() * 4;
+  for (GzipPoint& p : idx.points) {
+    p.window_off = off;
+    off += p.window_stored;
+  }
+  std::string().swap(idx.windows);
+  idx.window_file = std::move(file);
 }
 
 }  // namespace
 
 std::optional<GzipIndex> parse_gzip_index(std::string_view bytes, const GzipFileKey* expect, std::string* why) {
-  return parse_index(bytes, expect, why, nullptr);
+  if (bytes.size() < kHeaderBytes + 4) return fail(why, "truncated"), std::nullopt;
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t body = bytes.size() - 4;
+  if (load_le<uint32_t>(b + body) != crc(0, b, body)) return fail(why, "checksum mismatch"), std::nullopt;
+  IndexHeader h;
+  if (!parse_header(b, body, expect, why, h) || !parse_tables(h, b + kHeaderBytes, why)) return std::nullopt;
+  const char* w = bytes.data() + kHeaderBytes + h.tables;
+  h.idx.windows.assign(w, h.nw);
+  for (GzipPoint& p : h.idx.points) p.window_crc = crc(0, w + p.window_off, p.window_stored);
+  return std::move(h.idx);
+}
+
+std::optional<GzipIndex> load_gzip_index_file(std::shared_ptr<const GzipIndexFile> file, const GzipFileKey* expect,
+                                              std::string* why) {
+  const int fd = file->fd();
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return fail(why, "not a regular file"), std::nullopt;
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size > kMaxIndexFile) return fail(why, "larger than 2 GiB"), std::nullopt;
+  if (size < kHeaderBytes + 4) return fail(why, "truncated"), std::nullopt;
+  const uint64_t body = size - 4;
+  unsigned char head[kHeaderBytes];
+  if (!pread_all(fd, 0, head, sizeof head)) return fail(why, "short read"), std::nullopt;
+  // A stale or malformed header is refused before the rest is read.
+  IndexHeader h;
+  if (!parse_header(head, body, expect, why, h)) return std::nullopt;
+  // h.tables <= body <= 2 GiB: checked against the file's size in parse_header.
+  std::string tables(static_cast<size_t>(h.tables), '\0');
+  if (!pread_all(fd, kHeaderBytes, tables.data(), tables.size())) return fail(why, "short read"), std::nullopt;
+  uint32_t sum = crc(crc(0, head, sizeof head), tables.data(), tables.size());
+  if (!parse_tables(h, reinterpret_cast<const unsigned char*>(tables.data()), why)) return std::nullopt;
+  std::string().swap(tables);
+  // The windows, each read once to checksum it (file and window), and not kept.
+  const uint64_t base = kHeaderBytes + h.tables;
+  std::string w;
+  w.reserve(compressBound(kWindow));
+  for (GzipPoint& p : h.idx.points) {
+    w.resize(p.window_stored);  // <= compressBound(32 KiB), checked in parse_tables
+    if (!pread_all(fd, base + p.window_off, w.data(), w.size())) return fail(why, "short read"), std::nullopt;
+    p.window_crc = crc(0, w.data(), w.size());
+    sum = crc(sum, w.data(), w.size());
+    p.window_off += base;
+  }
+  unsigned char c[4];
+  if (!pread_all(fd, body, c, 4)) return fail(why, "short read"), std::nullopt;
+  if (load_le<uint32_t>(c) != sum) return fail(why, "checksum mismatch"), std::nullopt;
+  h.idx.window_file = std::move(file);
+  return std::move(h.idx);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -552,26 +662,6 @@ std::string gzip_cache_dir(const GzipOptions& opt) {
 
 namespace {
 
-bool read_file_bounded(const std::string& path, std::string& out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  struct stat st {};
-  bool ok = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) <= kMaxIndexFile;
-  if (ok) {
-    out.assign(static_cast<size_t>(st.st_size), '\0');
-    size_t done = 0;
-    while (done < out.size()) {
-      ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      done += static_cast<size_t>(n);
-    }
-    out.resize(done);
-  }
-  ::close(fd);
-  return ok;
-}
-
 void mkdirs(const std::string& dir) {
   for (size_t i = 1; i <= dir.size(); ++i) {
     if (i == dir.size() || dir[i] == '/') {
@@ -581,29 +671,33 @@ void mkdirs(const std::string& dir) {
   }
 }
 
-// Temp file beside the target, then rename: a reader never sees a half-written index.
-void write_file_atomic(const std::string& path, const std::string& bytes) {
+// Temp file beside the target, then rename: a reader never sees a half-written index. With
+// `keep`, the written file stays open (read-write, so the windows can be read back) and is returned.
+std::shared_ptr<const GzipIndexFile> write_file_atomic(const std::string& path, const std::string& bytes,
+                                                       bool keep = false) {
   std::random_device rd;
   std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + hex(rd());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) throw IoError(errno, tmp + ": " + std::strerror(errno));
+  auto file = std::make_shared<const GzipIndexFile>(fd, path);  // closes fd on every path out
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       int e = n < 0 ? errno : ENOSPC;
-      ::close(fd);
       ::unlink(tmp.c_str());
       throw IoError(e, tmp + ": " + std::strerror(e));
     }
     done += static_cast<size_t>(n);
   }
-  if (::close(fd) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int e = errno;
     ::unlink(tmp.c_str());
     throw IoError(e, path + ": " + std::strerror(e));
   }
+  if (keep) return file;
+  return nullptr;
 }
 
 }  // namespace
@@ -640,21 +734,25 @@ std::shared_ptr<const GzipSource> open_gzip(const SourcePtr& compressed, const s
     }
   }
   if (!file.empty()) {
-    std::string bytes, why;
-    if (read_file_bounded(file, bytes)) {
-      if (auto idx = parse_index(bytes, &key, &why, &bytes))
+    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      auto f = std::make_shared<const GzipIndexFile>(fd, file);
+      std::string why;
+      if (auto idx = load_gzip_index_file(std::move(f), &key, &why))
         return std::make_shared<GzipSource>(compressed, std::make_shared<const GzipIndex>(std::move(*idx)),
                                             opt.cache_bytes, GzipIndexOrigin::LoadedFromCache);
       note = "cached gzip index " + file + " rebuilt: " + why;
     }
   }
-  auto idx = std::make_shared<const GzipIndex>(build_gzip_index(*compressed, opt, cache_key_path));
+  GzipIndex idx = build_gzip_index(*compressed, opt, cache_key_path);
   if (!file.empty()) {
     try {
       // A file rewritten during the pass must not get an index under its new identity.
       if (gzip_file_key(*compressed, cache_key_path) == key) {
         mkdirs(file.substr(0, file.rfind('/')));
-        write_file_atomic(file, serialize_gzip_index(*idx, key));
+        // The file just written is the one this mount reads its windows from from now on.
+        auto f = write_file_atomic(file, serialize_gzip_index(idx, key), true);
+        back_windows_by_file(idx, std::move(f));
       } else {
         note = "gzip index not cached: the archive changed while it was indexed";
       }
@@ -662,7 +760,8 @@ std::shared_ptr<const GzipSource> open_gzip(const SourcePtr& compressed, const s
       note = std::string("gzip index not cached: ") + e.what();
     }
   }
-  return std::make_shared<GzipSource>(compressed, std::move(idx), opt.cache_bytes, GzipIndexOrigin::Built, note);
+  return std::make_shared<GzipSource>(compressed, std::make_shared<const GzipIndex>(std::move(idx)), opt.cache_bytes,
+                                      GzipIndexOrigin::Built, note);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,6 +56,12 @@
 // (offsets increasing and inside the files, counts matching the file length) all pass; otherwise
 // it is rebuilt. The checksum is not a MAC: an index forged with a valid checksum cannot crash
 // nemofs, but could make reads fail with EIO.
+// Windows (W) are ~0.75% of the uncompressed size, the bulk of the index: when the index is backed
+// by its file (loaded from it, or just stored to it), only the points and block CRCs stay in
+// memory, plus a CRC-32 per stored window taken at load; a window is pread from the file (kept open
+// from load time, so a file replaced since does not matter) when an inflate starts at its point. A
+// file truncated or rewritten in place since fails that read with EIO. With no index file
+// (cache_dir "" or the cache folder not writable) the windows stay in memory.
 #pragma once
 
 #include <atomic>
@@ -96,8 +102,26 @@ struct GzipPoint {
   uint8_t window_method = 0;  // 0 stored, 1 zlib
   uint16_t window_len = 0;   // uncompressed window bytes (the output just before `out`)
   uint32_t window_stored = 0;  // bytes in `windows`
-  uint64_t window_off = 0;   // where in GzipIndex::windows
+  uint64_t window_off = 0;   // where in GzipIndex::windows, or in the index file (window_file set)
+  uint32_t window_crc = 0;   // CRC-32 of the stored window bytes (checked when read from the file)
   uint64_t first_block = 0;  // global id of this point's first block
+};
+
+// An index file opened for its windows: the descriptor stays open for the index's lifetime.
+class GzipIndexFile {
+ public:
+  GzipIndexFile(int fd, std::string path);  // takes ownership of fd
+  ~GzipIndexFile();
+  GzipIndexFile(const GzipIndexFile&) = delete;
+  GzipIndexFile& operator=(const GzipIndexFile&) = delete;
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
+  // Exactly n bytes at off; IoError(EIO) when the file is shorter now (truncated since loaded).
+  void read(uint64_t off, void* buf, size_t n) const;
+
+ private:
+  int fd_;
+  std::string path_;
 };
 
 struct GzipIndex {
@@ -108,6 +132,8 @@ struct GzipIndex {
   std::vector<GzipPoint> points;
   std::vector<uint32_t> block_crcs;
   std::string windows;  // stored windows at each point's window_off (may hold other bytes between)
+  // When set, the stored windows are read from this file at window_off instead (windows is empty).
+  std::shared_ptr<const GzipIndexFile> window_file;
 
   // Chunk (point) holding uncompressed offset `off` < uncompressed_size.
   size_t point_of(uint64_t off) const;
@@ -115,8 +141,11 @@ struct GzipIndex {
   uint64_t block_of(uint64_t off) const;
   std::pair<uint64_t, uint64_t> block_range(uint64_t block) const;
   size_t point_of_block(uint64_t block) const;
-  // The window of point i, inflated (throws IoError(EIO) when it does not decode).
+  // The window of point i, inflated (throws IoError(EIO) when it does not decode, or when its
+  // index file no longer holds it).
   std::string window(size_t i) const;
+  // Window bytes held in memory (0 when they are read from the index file).
+  uint64_t resident_window_bytes() const { return windows.empty() ? 0 : windows.capacity(); }
 };
 
 // Accumulates an index while uncompressed output flows past in order: the first pass (inflating)
@@ -171,6 +200,11 @@ std::string serialize_gzip_index(const GzipIndex& idx, const GzipFileKey& key);
 // Parses an index file; nullopt (and why) when the checksum, key or any structural check fails.
 // `expect` = nullptr skips the key comparison (fuzzers); offsets are bounded by the key's size.
 std::optional<GzipIndex> parse_gzip_index(std::string_view bytes, const GzipFileKey* expect, std::string* why);
+// The same checks on an open index file, read with pread: the windows are checksummed in passing
+// but not kept (the index reads them from `file` when needed). At most the points and block CRCs
+// are allocated, after their counts are checked against the file's size.
+std::optional<GzipIndex> load_gzip_index_file(std::shared_ptr<const GzipIndexFile> file, const GzipFileKey* expect,
+                                              std::string* why);
 
 // Key of the file behind `compressed` (fstat of its descriptor when it is a FileSource, else stat
 // of `path`). Throws IoError when neither can be stat'ed.
