@@ -562,3 +562,196 @@ TEST(GzipIndexFormat, SerializeParseRoundTrip) {
   EXPECT_EQ(empty.uncompressed_size, 0u);
   EXPECT_TRUE(parse_gzip_index(serialize_gzip_index(empty, k), &k, &why)) << why;
 }
+
+// With an index file, the windows stay in it: the index holds none in memory, on the first open
+// (built, then stored) and on the next (loaded), and reads that start inflating at many different
+// points return the original bytes.
+TEST_F(GzipFiles, FileBackedIndexHoldsNoWindowsInMemory) {
+  write_file(file("a.gz"), big_gz());
+  const std::string& d = big_data();
+  const std::string oracle = gunzip_all(big_gz());
+  ASSERT_EQ(oracle, d);
+  for (auto origin : {GzipIndexOrigin::Built, GzipIndexOrigin::LoadedFromCache}) {
+    auto gz = open_file(file("a.gz"), dense(cache()));
+    ASSERT_EQ(gz->origin(), origin) << gz->cache_note();
+    const auto& idx = gz->index();
+    ASSERT_GT(idx.points.size(), 100u);
+    EXPECT_EQ(idx.resident_window_bytes(), 0u);
+    EXPECT_TRUE(idx.window_file);
+    size_t with_window = 0;
+    for (const auto& p : idx.points) with_window += p.window_len > 0;
+    EXPECT_GT(with_window, 100u);
+    std::mt19937_64 rng(origin == GzipIndexOrigin::Built ? 17 : 18);
+    std::string buf;
+    for (int i = 0; i < 400; ++i) {
+      uint64_t off = rng() % oracle.size();
+      size_t len = static_cast<size_t>(rng() % 20000) + 1;
+      buf.assign(len, '\0');
+      size_t got = gz->read_at(off, buf.data(), len);
+      ASSERT_EQ(got, std::min<uint64_t>(len, oracle.size() - off));
+      ASSERT_EQ(0, std::memcmp(buf.data(), oracle.data() + off, got)) << "off " << off;
+    }
+    // Every point's window, from the file, is the output just before the point.
+    for (size_t i = 0; i < idx.points.size(); ++i) {
+      const auto& p = idx.points[i];
+      ASSERT_EQ(idx.window(i), oracle.substr(p.out - p.window_len, p.window_len)) << "point " << i;
+    }
+    auto st = gz->stats();
+    EXPECT_GT(st.cursor_starts, 100u);  // the reads really did start at many points
+    EXPECT_EQ(idx.resident_window_bytes(), 0u);
+  }
+}
+
+// No index file (never persist, or nowhere to write it): the windows stay in memory, and work.
+TEST_F(GzipFiles, NoIndexFileKeepsWindowsInMemory) {
+  write_file(file("a.gz"), big_gz());
+  write_file(file("not-a-dir"), "x");
+  const std::string& d = big_data();
+  for (const std::string& where : {std::string(), file("not-a-dir") + "/sub"}) {
+    auto gz = open_file(file("a.gz"), dense(where));
+    EXPECT_EQ(gz->origin(), GzipIndexOrigin::Built);
+    const auto& idx = gz->index();
+    EXPECT_FALSE(idx.window_file);
+    EXPECT_GT(idx.resident_window_bytes(), 100u * 1024);
+    std::mt19937_64 rng(19);
+    std::string buf;
+    for (int i = 0; i < 200; ++i) {
+      uint64_t off = rng() % d.size();
+      size_t len = static_cast<size_t>(rng() % 20000) + 1;
+      buf.assign(len, '\0');
+      size_t got = gz->read_at(off, buf.data(), len);
+      ASSERT_EQ(0, std::memcmp(buf.data(), d.data() + off, got)) << where << " off " << off;
+    }
+    for (size_t i = 0; i < idx.points.size(); ++i) {
+      const auto& p = idx.points[i];
+      ASSERT_EQ(idx.window(i), d.substr(p.out - p.window_len, p.window_len)) << "point " << i;
+    }
+  }
+}
+
+std::string only_index_file(const std::string& dir) {
+  std::string path;
+  for (auto& e : std::filesystem::directory_iterator(dir)) path = e.path().string();
+  return path;
+}
+
+// The index file truncated under a mount: a read that needs a lost window fails with EIO; reads
+// from windows still there, and blocks already cached, still work. Replaced (renamed over): the
+// open descriptor still reads the file it loaded.
+TEST_F(GzipFiles, IndexFileTruncatedOrReplacedAfterLoad) {
+  write_file(file("a.gz"), big_gz());
+  const std::string& d = big_data();
+  open_file(file("a.gz"), dense(cache()));  // builds and stores
+  auto gz = open_file(file("a.gz"), dense(cache()));
+  ASSERT_EQ(gz->origin(), GzipIndexOrigin::LoadedFromCache);
+  const std::string path = only_index_file(cache());
+  const auto& idx = gz->index();
+  const size_t np = idx.points.size();
+  ASSERT_GT(np, 100u);
+
+  // Replaced by another file (what a rebuild does: rename over it): nothing changes for this mount.
+  const std::string good = read_whole_file(path);
+  write_file(path + ".new", std::string(good.size(), 'x'));
+  ASSERT_EQ(::rename((path + ".new").c_str(), path.c_str()), 0);
+  std::string buf(4096, '\0');
+  const uint64_t late = idx.points[np - 3].out + 100;
+  ASSERT_EQ(gz->read_at(late, buf.data(), buf.size()), buf.size());
+  EXPECT_EQ(0, std::memcmp(buf.data(), d.data() + late, buf.size()));
+
+  // Truncated in place: reopen the file this source reads (it loaded the one now replaced; make a
+  // second source load the good bytes again, then cut its file).
+  write_file(path, good);
+  auto gz2 = open_file(file("a.gz"), dense(cache()));
+  ASSERT_EQ(gz2->origin(), GzipIndexOrigin::LoadedFromCache);
+  const auto& idx2 = gz2->index();
+  // Cut the file halfway through the window of a late point: its window and all later ones are gone.
+  const GzipPoint& cut_at = idx2.points[np - 2];
+  ASSERT_GT(cut_at.window_stored, 2u);
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(cut_at.window_off + cut_at.window_stored / 2)), 0);
+  int eio = 0;
+  for (size_t i : {np - 2, np - 1}) {
+    try {
+      gz2->read_at(idx2.points[i].out + 10, buf.data(), buf.size());
+      ADD_FAILURE() << "read from a window that was cut off, point " << i;
+    } catch (const IoError& e) {
+      eio += e.error_number() == EIO;
+      EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(eio, 2);
+  // Windows before the cut still serve.
+  const uint64_t early = idx2.points[np / 2].out + 10;
+  ASSERT_EQ(gz2->read_at(early, buf.data(), buf.size()), buf.size());
+  EXPECT_EQ(0, std::memcmp(buf.data(), d.data() + early, buf.size()));
+  // Cut to nothing: every point with a window fails the same way, and the next open rebuilds.
+  ASSERT_EQ(::truncate(path.c_str(), 0), 0);
+  try {
+    gz2->read_at(idx2.points[np / 3].out + 10, buf.data(), buf.size());
+    ADD_FAILURE() << "read from a window of an empty index file";
+  } catch (const IoError& e) {
+    EXPECT_EQ(e.error_number(), EIO);
+  }
+  auto gz3 = open_file(file("a.gz"), dense(cache()));
+  EXPECT_EQ(gz3->origin(), GzipIndexOrigin::Built);
+  EXPECT_EQ(read_all(*gz3), d);
+
+  // Rewritten in place with other bytes at a window: EIO (the window's CRC-32 from load time).
+  const std::string path3 = only_index_file(cache());
+  auto gz4 = open_file(file("a.gz"), dense(cache()));
+  ASSERT_EQ(gz4->origin(), GzipIndexOrigin::LoadedFromCache);
+  const GzipPoint& p = gz4->index().points[np / 2];
+  ASSERT_GT(p.window_stored, 0u);
+  {
+    int fd = ::open(path3.c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    char z[8] = {};
+    ASSERT_EQ(::pwrite(fd, z, sizeof z, static_cast<off_t>(p.window_off + p.window_stored / 2)), 8);
+    ::close(fd);
+  }
+  try {
+    gz4->read_at(p.out + 10, buf.data(), buf.size());
+    ADD_FAILURE() << "read through a window rewritten in place";
+  } catch (const IoError& e) {
+    EXPECT_EQ(e.error_number(), EIO);
+  }
+}
+
+// The file-backed loader applies the same checks as parse_gzip_index, through pread.
+TEST(GzipIndexFormat, LoadFromFileMatchesParse) {
+  TempDir tmp;
+  std::string data = make_data(2u << 20, 5);
+  auto idx = build_gzip_index(MemorySource(gzip_bytes(data)), dense(""));
+  GzipFileKey k{1, 2, idx.compressed_size, 3, 4, 5};
+  const std::string bytes = serialize_gzip_index(idx, k);
+  auto load = [&](const std::string& b, const GzipFileKey* expect, std::string* why) {
+    const std::string p = tmp.path + "/i.idx";
+    write_file(p, b);
+    int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error("open");
+    return load_gzip_index_file(std::make_shared<GzipIndexFile>(fd, p), expect, why);
+  };
+  std::string why;
+  auto back = load(bytes, &k, &why);
+  ASSERT_TRUE(back) << why;
+  EXPECT_EQ(back->resident_window_bytes(), 0u);
+  EXPECT_EQ(back->block_crcs, idx.block_crcs);
+  ASSERT_EQ(back->points.size(), idx.points.size());
+  for (size_t i = 0; i < idx.points.size(); ++i) {
+    EXPECT_EQ(back->points[i].out, idx.points[i].out);
+    EXPECT_EQ(back->points[i].window_crc, idx.points[i].window_crc);
+    EXPECT_EQ(back->window(i), idx.window(i));
+  }
+  GzipFileKey other = k;
+  other.mtime_ns = 4;
+  EXPECT_FALSE(load(bytes, &other, &why));
+  EXPECT_NE(why.find("stale"), std::string::npos) << why;
+  // Every single-byte change and every truncation point the in-memory parser refuses, this one does.
+  for (size_t at = 0; at < bytes.size(); at += bytes.size() / 300 + 1) {
+    std::string b = bytes;
+    b[at] ^= 0x41;
+    EXPECT_FALSE(load(b, &k, &why)) << "flipped byte " << at;
+    EXPECT_FALSE(parse_gzip_index(b, &k, &why)) << "flipped byte " << at;
+  }
+  for (size_t n : {size_t{0}, size_t{50}, size_t{91}, size_t{92}, bytes.size() / 2, bytes.size() - 1})
+    EXPECT_FALSE(load(bytes.substr(0, n), &k, &why)) << "cut at " << n;
+}
