@@ -3,10 +3,15 @@
 // suggests. The bytes are tried as they are (the checksum usually rejects them) and with a valid
 // checksum appended (so the structural checks behind it are reached). An accepted index is then
 // used to read a fixed gzip stream: reads may fail with IoError (the index need not describe that
-// stream), but must not crash or hang.
+// stream), but must not crash or hang. Each try also goes through the pread loader (the bytes in
+// a memfd), which must accept exactly what the in-memory parser accepts; its index reads windows
+// from the file, also after the file is cut in half under it.
+#include <sys/mman.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cstddef>
+#include <cstdlib>
 #include <cstdint>
 #include <string>
 
@@ -55,15 +60,33 @@ void exercise(const GzipIndex& idx) {
   }
 }
 
+void try_bytes(const std::string& bytes) {
+  auto mem = parse_gzip_index(bytes, nullptr, nullptr);
+  if (mem) exercise(*mem);
+  int fd = ::memfd_create("gzip_index_file_fuzz", MFD_CLOEXEC);
+  if (fd < 0) return;
+  if (::write(fd, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size())) {
+    ::close(fd);
+    return;
+  }
+  auto file = std::make_shared<GzipIndexFile>(fd, "memfd");
+  auto loaded = load_gzip_index_file(file, nullptr, nullptr);
+  if (loaded.has_value() != mem.has_value()) std::abort();  // the two loaders disagree
+  if (!loaded) return;
+  if (loaded->resident_window_bytes() != 0) std::abort();
+  exercise(*loaded);
+  if (::ftruncate(fd, static_cast<off_t>(bytes.size() / 2)) == 0) exercise(*loaded);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string bytes(reinterpret_cast<const char*>(data), size);
-  if (auto idx = parse_gzip_index(bytes, nullptr, nullptr)) exercise(*idx);
+  try_bytes(bytes);
   unsigned char c[4];
   store_le<uint32_t>(c, static_cast<uint32_t>(crc32(0, data, static_cast<uInt>(size))));
   bytes.append(reinterpret_cast<const char*>(c), 4);
-  if (auto idx = parse_gzip_index(bytes, nullptr, nullptr)) exercise(*idx);
+  try_bytes(bytes);
   return 0;
 }
 
