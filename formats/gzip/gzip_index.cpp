@@ -414,7 +414,11 @@ GzipIndex build_gzip_index(const ByteSource& src, const GzipOptions& opt, const 
 // ---------------------------------------------------------------------------------------------
 // Index file
 
-std::string serialize_gzip_index(const GzipIndex& idx, const GzipFileKey& key) {
+namespace {
+
+// Everything before the windows (header, points, block CRCs): the windows then follow in point
+// order, and the file's checksum last.
+std::string index_head(const GzipIndex& idx, const GzipFileKey& key) {
   std::string b(kHeaderBytes, '\0');
   std::memcpy(b.data(), kMagic, 8);
   auto* h = reinterpret_cast<unsigned char*>(b.data());
@@ -433,10 +437,7 @@ std::string serialize_gzip_index(const GzipIndex& idx, const GzipFileKey& key) {
   uint64_t window_bytes = 0;
   for (const GzipPoint& p : idx.points) window_bytes += p.window_stored;
   store_le<uint64_t>(h + 80, window_bytes);
-  // One allocation of the final size: growing by doubling (34 MiB allocated for a 16 MiB index)
-  // freed large chunks, which raises glibc's mmap threshold and leaves free heap behind in the
-  // process that goes on to serve the mount.
-  b.reserve(kHeaderBytes + idx.points.size() * kPointBytes + idx.block_crcs.size() * 4 + window_bytes + 4);
+  b.reserve(kHeaderBytes + idx.points.size() * kPointBytes + idx.block_crcs.size() * 4);
   for (const GzipPoint& p : idx.points) {
     unsigned char r[kPointBytes];
     store_le<uint64_t>(r, p.out);
@@ -452,10 +453,48 @@ std::string serialize_gzip_index(const GzipIndex& idx, const GzipFileKey& key) {
     store_le<uint32_t>(r, c);
     b.append(reinterpret_cast<const char*>(r), 4);
   }
-  for (const GzipPoint& p : idx.points) b.append(idx.windows, p.window_off, p.window_stored);
+  return b;
+}
+
+// Calls emit(data, n) with the index file's bytes in order, without a copy of the windows: the
+// file is written straight from them (a copy would double the largest allocation of a first mount).
+template <typename Emit>
+void emit_index(const GzipIndex& idx, const GzipFileKey& key, Emit&& emit) {
+  const std::string head = index_head(idx, key);
+  uint32_t sum = crc(0, head.data(), head.size());
+  emit(head.data(), head.size());
+  std::string buf;
+  for (size_t i = 0; i < idx.points.size(); ++i) {
+    const GzipPoint& p = idx.points[i];
+    const char* w = nullptr;
+    if (idx.window_file) {
+      buf.resize(p.window_stored);
+      idx.window_file->read(p.window_off, buf.data(), buf.size());
+      if (crc(0, buf.data(), buf.size()) != p.window_crc)
+        eio("gzip index file " + idx.window_file->path() + ": the window of access point " + std::to_string(i) +
+            " changed since the file was loaded");
+      w = buf.data();
+    } else {
+      w = idx.windows.data() + p.window_off;
+    }
+    sum = crc(sum, w, p.window_stored);
+    emit(w, p.window_stored);
+  }
   unsigned char r[4];
-  store_le<uint32_t>(r, crc(0, b.data(), b.size()));
-  b.append(reinterpret_cast<const char*>(r), 4);
+  store_le<uint32_t>(r, sum);
+  emit(reinterpret_cast<const char*>(r), 4);
+}
+
+}  // namespace
+
+std::string serialize_gzip_index(const GzipIndex& idx, const GzipFileKey& key) {
+  uint64_t total = 0;
+  emit_index(idx, key, [&](const char*, size_t n) { total += n; });
+  // One allocation of the final size: growing by doubling (34 MiB allocated for a 16 MiB index)
+  // freed large chunks, which raises glibc's mmap threshold and leaves free heap behind.
+  std::string b;
+  b.reserve(static_cast<size_t>(total));
+  emit_index(idx, key, [&](const char* p, size_t n) { b.append(p, n); });
   return b;
 }
 
@@ -673,23 +712,41 @@ void mkdirs(const std::string& dir) {
 
 // Temp file beside the target, then rename: a reader never sees a half-written index. With
 // `keep`, the written file stays open (read-write, so the windows can be read back) and is returned.
-std::shared_ptr<const GzipIndexFile> write_file_atomic(const std::string& path, const std::string& bytes,
-                                                       bool keep = false) {
+std::shared_ptr<const GzipIndexFile> write_index_atomic(const std::string& path, const GzipIndex& idx,
+                                                        const GzipFileKey& key, bool keep = false) {
   std::random_device rd;
   std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + hex(rd());
   int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) throw IoError(errno, tmp + ": " + std::strerror(errno));
   auto file = std::make_shared<const GzipIndexFile>(fd, path);  // closes fd on every path out
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int e = n < 0 ? errno : ENOSPC;
-      ::unlink(tmp.c_str());
-      throw IoError(e, tmp + ": " + std::strerror(e));
+  // Small writes gathered into 1 MiB ones.
+  std::string pending;
+  pending.reserve(1 << 20);
+  auto flush = [&](const char* p, size_t len) {
+    size_t done = 0;
+    while (done < len) {
+      ssize_t n = ::write(fd, p + done, len - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        int e = n < 0 ? errno : ENOSPC;
+        throw IoError(e, tmp + ": " + std::strerror(e));
+      }
+      done += static_cast<size_t>(n);
     }
-    done += static_cast<size_t>(n);
+  };
+  try {
+    emit_index(idx, key, [&](const char* p, size_t n) {
+      if (pending.size() + n > pending.capacity()) {
+        flush(pending.data(), pending.size());
+        pending.clear();
+      }
+      if (n >= pending.capacity()) flush(p, n);
+      else pending.append(p, n);
+    });
+    flush(pending.data(), pending.size());
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int e = errno;
@@ -710,7 +767,7 @@ std::string store_gzip_index(const GzipIndex& idx, const ByteSource& compressed,
     GzipFileKey key = gzip_file_key(compressed, path);
     if (key.size != idx.compressed_size) return "the index does not describe this file";
     mkdirs(dir);
-    write_file_atomic(dir + "/gzip-" + hex(key.dev) + "-" + hex(key.ino) + ".idx", serialize_gzip_index(idx, key));
+    write_index_atomic(dir + "/gzip-" + hex(key.dev) + "-" + hex(key.ino) + ".idx", idx, key);
     return "";
   } catch (const IoError& e) {
     return std::string("gzip index not cached: ") + e.what();
@@ -751,7 +808,7 @@ std::shared_ptr<const GzipSource> open_gzip(const SourcePtr& compressed, const s
       if (gzip_file_key(*compressed, cache_key_path) == key) {
         mkdirs(file.substr(0, file.rfind('/')));
         // The file just written is the one this mount reads its windows from from now on.
-        auto f = write_file_atomic(file, serialize_gzip_index(idx, key), true);
+        auto f = write_index_atomic(file, idx, key, true);
         back_windows_by_file(idx, std::move(f));
       } else {
         note = "gzip index not cached: the archive changed while it was indexed";
