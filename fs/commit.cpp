@@ -24,7 +24,6 @@
 namespace nemofs {
 namespace {
 
-constexpr uint64_t kChunk = 256ull << 20;
 
 [[noreturn]] void fail(const std::string& what, int err) {
   if (err == ENOSPC || err == EDQUOT)
@@ -132,11 +131,41 @@ std::optional<std::string> check_yaml(const std::string& label, const std::strin
 void FileSink::bytes(const char* p, size_t n) {
   pwrite_all(fd_, p, n, offset_, "writing the new archive");
   offset_ += n;
+  write_behind();
+}
+
+void FileSink::write_behind() {
+  if (!write_behind_) return;
+  const uint64_t end = offset_ & ~uint64_t{4095};
+  // (A length of 0 would mean "to the end of the file": never pass one.)
+  if (end <= wb_started_ || end - wb_started_ < wb_.step) return;
+  auto off = [](uint64_t v) { return static_cast<off_t>(v); };
+  auto failed = [&](int err) {
+    // A filesystem without it: the final fsync writes everything, as before.
+    if (err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == ESPIPE) {
+      write_behind_ = false;
+      return;
+    }
+    // A write error seen here is not reported again by the final fsync: it fails the commit now.
+    fail("writing the new archive", err);
+  };
+  if (::sync_file_range(fd_, off(wb_started_), off(end - wb_started_), SYNC_FILE_RANGE_WRITE) != 0)
+    return failed(errno);
+  wb_started_ = end;
+  if (wb_started_ - wb_settled_ < wb_.lag + std::max<uint64_t>(wb_.step, 1)) return;
+  const uint64_t settle = wb_started_ - wb_.lag;
+  if (::sync_file_range(fd_, off(wb_settled_), off(settle - wb_settled_),
+                        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+    return failed(errno);
+  // Clean pages only: nothing unwritten is dropped. Advice, so its failure changes nothing.
+  (void)::posix_fadvise(fd_, off(wb_settled_), off(settle - wb_settled_), POSIX_FADV_DONTNEED);
+  wb_settled_ = settle;
 }
 
 void FileSink::copy_data(int fd, uint64_t off, uint64_t len) {
   while (len) {
-    size_t want = static_cast<size_t>(std::min(len, kChunk));
+    // One step of write-behind at a time, so that writeback starts as each step is copied.
+    size_t want = static_cast<size_t>(std::min(len, std::max<uint64_t>(wb_.step, 1 << 20)));
     loff_t in = static_cast<loff_t>(off), out = static_cast<loff_t>(offset_);
     ssize_t n = ::copy_file_range(fd, &in, fd_, &out, want, 0);
     if (n < 0 && errno == EINTR) continue;
@@ -156,6 +185,7 @@ void FileSink::copy_data(int fd, uint64_t off, uint64_t len) {
     off += static_cast<uint64_t>(n);
     offset_ += static_cast<uint64_t>(n);
     len -= static_cast<uint64_t>(n);
+    write_behind();
     if (progress_) progress_(offset_);
   }
 }
