@@ -163,6 +163,7 @@ void FileSink::write_behind() {
 }
 
 void FileSink::copy_data(int fd, uint64_t off, uint64_t len) {
+  constexpr size_t kBufferedPiece = 4 << 20;
   while (len) {
     // One step of write-behind at a time, so that writeback starts as each step is copied.
     size_t want = static_cast<size_t>(std::min(len, std::max<uint64_t>(wb_.step, 1 << 20)));
@@ -170,12 +171,13 @@ void FileSink::copy_data(int fd, uint64_t off, uint64_t len) {
     ssize_t n = ::copy_file_range(fd, &in, fd_, &out, want, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
-      // Filesystems without copy_file_range between these files: copy through a buffer.
-      std::unique_ptr<char[]> buf(new char[1 << 20]);
-      size_t piece = std::min<size_t>(want, 1 << 20);
-      size_t got = pread_full(fd, buf.get(), piece, off);
+      // Filesystems without copy_file_range between these files (e.g. the output on another
+      // filesystem): copy through a buffer, allocated once.
+      if (!buf_) buf_.reset(new char[kBufferedPiece]);
+      size_t piece = std::min<size_t>(want, kBufferedPiece);
+      size_t got = pread_full(fd, buf_.get(), piece, off);
       if (got != piece) throw CommitError("a source file is shorter than expected", EIO);
-      pwrite_all(fd_, buf.get(), piece, offset_, "writing the new archive");
+      pwrite_all(fd_, buf_.get(), piece, offset_, "writing the new archive");
       n = static_cast<ssize_t>(piece);
     } else if (n < 0) {
       fail("copying into the new archive", errno);

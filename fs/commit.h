@@ -114,6 +114,7 @@ class FileSink final : public ArchiveSink {
   int fd_;
   std::function<void(uint64_t)> progress_;
   WriteBehind wb_;
+  std::unique_ptr<char[]> buf_;  // for copying where copy_file_range cannot
   bool write_behind_ = true;
   uint64_t wb_started_ = 0;  // writeback started on [0, wb_started_)
   uint64_t wb_settled_ = 0;  // [0, wb_settled_) is on disk and out of the page cache
