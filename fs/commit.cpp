@@ -166,7 +166,14 @@ void FileSink::copy_data(int fd, uint64_t off, uint64_t len) {
   constexpr size_t kBufferedPiece = 4 << 20;
   while (len) {
     // One step of write-behind at a time, so that writeback starts as each step is copied.
-    size_t want = static_cast<size_t>(std::min(len, std::max<uint64_t>(wb_.step, 1 << 20)));
+    uint64_t want64 = std::min(len, std::max<uint64_t>(wb_.step, 1 << 20));
+    // Calls that start on a 2 MiB boundary of the new file: copy_file_range on a filesystem
+    // without reflink splices through a 64 KiB pipe, and the page cache gives each piece folios
+    // as large as its alignment allows. A member starting at, say, 505344 (as the bench's .nemo
+    // does) made every piece straddle two 64 KiB folio slots: 1.2 s instead of 0.8 s for 2 GiB.
+    constexpr uint64_t kAlign = 2 << 20;
+    if (offset_ % kAlign) want64 = std::min(want64, kAlign - offset_ % kAlign);
+    size_t want = static_cast<size_t>(want64);
     loff_t in = static_cast<loff_t>(off), out = static_cast<loff_t>(offset_);
     ssize_t n = ::copy_file_range(fd, &in, fd_, &out, want, 0);
     if (n < 0 && errno == EINTR) continue;
