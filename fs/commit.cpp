@@ -24,7 +24,6 @@
 namespace nemofs {
 namespace {
 
-constexpr uint64_t kChunk = 256ull << 20;
 
 [[noreturn]] void fail(const std::string& what, int err) {
   if (err == ENOSPC || err == EDQUOT)
@@ -132,21 +131,60 @@ std::optional<std::string> check_yaml(const std::string& label, const std::strin
 void FileSink::bytes(const char* p, size_t n) {
   pwrite_all(fd_, p, n, offset_, "writing the new archive");
   offset_ += n;
+  write_behind();
+}
+
+void FileSink::write_behind() {
+  if (!write_behind_) return;
+  const uint64_t end = offset_ & ~uint64_t{4095};
+  // (A length of 0 would mean "to the end of the file": never pass one.)
+  if (end <= wb_started_ || end - wb_started_ < wb_.step) return;
+  auto off = [](uint64_t v) { return static_cast<off_t>(v); };
+  auto failed = [&](int err) {
+    // A filesystem without it: the final fsync writes everything, as before.
+    if (err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == ESPIPE) {
+      write_behind_ = false;
+      return;
+    }
+    // A write error seen here is not reported again by the final fsync: it fails the commit now.
+    fail("writing the new archive", err);
+  };
+  if (::sync_file_range(fd_, off(wb_started_), off(end - wb_started_), SYNC_FILE_RANGE_WRITE) != 0)
+    return failed(errno);
+  wb_started_ = end;
+  if (wb_started_ - wb_settled_ < wb_.lag + std::max<uint64_t>(wb_.step, 1)) return;
+  const uint64_t settle = wb_started_ - wb_.lag;
+  if (::sync_file_range(fd_, off(wb_settled_), off(settle - wb_settled_),
+                        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+    return failed(errno);
+  // Clean pages only: nothing unwritten is dropped. Advice, so its failure changes nothing.
+  (void)::posix_fadvise(fd_, off(wb_settled_), off(settle - wb_settled_), POSIX_FADV_DONTNEED);
+  wb_settled_ = settle;
 }
 
 void FileSink::copy_data(int fd, uint64_t off, uint64_t len) {
+  constexpr size_t kBufferedPiece = 4 << 20;
   while (len) {
-    size_t want = static_cast<size_t>(std::min(len, kChunk));
+    // One step of write-behind at a time, so that writeback starts as each step is copied.
+    uint64_t want64 = std::min(len, std::max<uint64_t>(wb_.step, 1 << 20));
+    // Calls that start on a 2 MiB boundary of the new file: copy_file_range on a filesystem
+    // without reflink splices through a 64 KiB pipe, and the page cache gives each piece folios
+    // as large as its alignment allows. A member starting at, say, 505344 (as the bench's .nemo
+    // does) made every piece straddle two 64 KiB folio slots: 1.2 s instead of 0.8 s for 2 GiB.
+    constexpr uint64_t kAlign = 2 << 20;
+    if (offset_ % kAlign) want64 = std::min(want64, kAlign - offset_ % kAlign);
+    size_t want = static_cast<size_t>(want64);
     loff_t in = static_cast<loff_t>(off), out = static_cast<loff_t>(offset_);
     ssize_t n = ::copy_file_range(fd, &in, fd_, &out, want, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
-      // Filesystems without copy_file_range between these files: copy through a buffer.
-      std::unique_ptr<char[]> buf(new char[1 << 20]);
-      size_t piece = std::min<size_t>(want, 1 << 20);
-      size_t got = pread_full(fd, buf.get(), piece, off);
+      // Filesystems without copy_file_range between these files (e.g. the output on another
+      // filesystem): copy through a buffer, allocated once.
+      if (!buf_) buf_.reset(new char[kBufferedPiece]);
+      size_t piece = std::min<size_t>(want, kBufferedPiece);
+      size_t got = pread_full(fd, buf_.get(), piece, off);
       if (got != piece) throw CommitError("a source file is shorter than expected", EIO);
-      pwrite_all(fd_, buf.get(), piece, offset_, "writing the new archive");
+      pwrite_all(fd_, buf_.get(), piece, offset_, "writing the new archive");
       n = static_cast<ssize_t>(piece);
     } else if (n < 0) {
       fail("copying into the new archive", errno);
@@ -156,6 +194,7 @@ void FileSink::copy_data(int fd, uint64_t off, uint64_t len) {
     off += static_cast<uint64_t>(n);
     offset_ += static_cast<uint64_t>(n);
     len -= static_cast<uint64_t>(n);
+    write_behind();
     if (progress_) progress_(offset_);
   }
 }

@@ -18,7 +18,11 @@ ProgressWatcher::ProgressWatcher(std::string mp) : mp_(std::move(mp)) {
 }
 
 ProgressWatcher::~ProgressWatcher() {
-  stop_ = true;
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   if (shown_) std::fprintf(stderr, "\r\033[K");
 }
@@ -32,8 +36,11 @@ void ProgressWatcher::run() {
   } catch (...) {
     return;
   }
-  while (!stop_) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  while (true) {
+    {
+      std::unique_lock lk(mu_);
+      if (cv_.wait_for(lk, std::chrono::milliseconds(100), [this] { return stop_; })) return;
+    }
     if (clock::now() - start < std::chrono::milliseconds(500)) continue;
     std::ifstream f(path);
     if (!f) continue;

@@ -3,7 +3,8 @@
 // copies; this shows it on stderr when stderr is a terminal and the wait lasts more than a moment.
 #pragma once
 
-#include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -19,7 +20,9 @@ class ProgressWatcher {
  private:
   void run();
   std::string mp_;
-  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;  // wakes the thread at once when the wait is over
+  bool stop_ = false;
   bool shown_ = false;
   std::thread thread_;
 };
