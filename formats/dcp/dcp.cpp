@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <unordered_map>
 #include <unordered_set>
@@ -131,6 +132,7 @@ struct ONode {
   const Entry* entry = nullptr;                 // leaf
   SourcePtr tensor;                             // tensor leaf: the assembled bytes
   std::string sidecar;                          // tensor leaf: its `.json` body
+  SourcePtr sidecar_src;                        // or that body rendered on each read (see RenderedSource)
   uint64_t nbytes = 0;                          // tensor leaf: dtype x shape
   std::shared_ptr<torch::TorchFile> object;     // bytes leaf
   bool leaf_tensors = false;                    // bytes leaf whose object holds tensors
@@ -201,6 +203,33 @@ void add_json_file(Tree& tree, NodeId dir, const std::string& key, const nlohman
                 std::make_shared<MemorySource>(j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", name));
 }
 
+// A text file rendered again at every read instead of held: the sidecars of a checkpoint with
+// many chunks list every chunk (~190 bytes each) and held, they were most of a mounted
+// 100,000-chunk checkpoint's memory (19 of ~80 MiB), while they are read rarely, and once each
+// through the kernel's page cache. The renderer must give the same text every time (it renders
+// from metadata kept alive with it); a different length is an I/O error, never other bytes.
+class RenderedSource final : public ByteSource {
+ public:
+  RenderedSource(std::function<std::string()> render, uint64_t size, std::string what)
+      : render_(std::move(render)), size_(size), what_(std::move(what)) {}
+  uint64_t size() const override { return size_; }
+  size_t read_at(uint64_t off, void* buf, size_t len) const override {
+    if (off >= size_ || len == 0) return 0;
+    std::string text = render_();
+    if (text.size() != size_) throw IoError(EIO, what_ + ": rendered " + std::to_string(text.size()) +
+                                                     " bytes, " + std::to_string(size_) + " expected");
+    size_t n = static_cast<size_t>(std::min<uint64_t>(len, size_ - off));
+    std::memcpy(buf, text.data() + off, n);
+    return n;
+  }
+  std::string describe() const override { return what_; }
+
+ private:
+  std::function<std::string()> render_;
+  uint64_t size_;
+  std::string what_;
+};
+
 // add_tensor() with the sidecar already rendered.
 void add_tensor_file(Tree& tree, NodeId dir, const std::string& key, ONode& leaf) {
   if (leaf.tensor->size() != leaf.nbytes)
@@ -209,7 +238,8 @@ void add_tensor_file(Tree& tree, NodeId dir, const std::string& key, ONode& leaf
   std::string name = escape_key(key);
   tree.add_file(dir, name, std::move(leaf.tensor));
   name += ".json";
-  tree.add_file(dir, name, std::make_shared<MemorySource>(std::move(leaf.sidecar), name));
+  tree.add_file(dir, name, leaf.sidecar_src ? std::move(leaf.sidecar_src)
+                                             : std::make_shared<MemorySource>(std::move(leaf.sidecar), name));
 }
 
 void emit(Tree& tree, NodeId dir, ONode& n, pickle::RenderBudget& budget) {
@@ -384,6 +414,14 @@ void build_dcp(Tree& tree, NodeId dir, const FileSet& files) {
     validate_tiling(e.shape, boxes, what);
     const uint64_t nbytes = tensor_nbytes(*dt, e.shape, kFmt, std::nullopt);
     leaf->sidecar = sidecar_text(e, dt->name, elem, nbytes);
+    if (!eager) {
+      // Many chunks: the metadata stays alive with the chunks anyway; render from it on demand.
+      const uint64_t size = leaf->sidecar.size();
+      leaf->sidecar_src = std::make_shared<RenderedSource>(
+          [keep, &e, name = dt->name, elem, nbytes] { return sidecar_text(e, name, elem, nbytes); }, size,
+          what + " (sidecar)");
+      std::string().swap(leaf->sidecar);
+    }
     leaf->nbytes = nbytes;
 
     std::vector<ShardChunk> chunks;

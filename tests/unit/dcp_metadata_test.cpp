@@ -261,6 +261,58 @@ TEST(DcpMetadata, ManyChunksAreCheckedOnFirstRead) {
   }
 }
 
+// `count` float32 tensors w0.. of [2, k], each cut into k one-column chunks, in one .distcp file.
+void many_tensor_shards(const TempDir& d, int count, uint64_t k) {
+  std::vector<WEntry> entries;
+  std::string file;
+  std::mt19937_64 rng(5);
+  for (int t = 0; t < count; ++t) {
+    WEntry e;
+    e.fqn = "w" + std::to_string(t);
+    e.shape = {2, k};
+    for (uint64_t i = 0; i < k; ++i) {
+      std::string bytes(8, '\0');
+      for (auto& c : bytes) c = static_cast<char>(rng());
+      std::string z = dcpw::torch_zip_tensor("float32", {2, 1}, bytes);
+      e.chunks.push_back(WChunk{{0, i}, {2, 1}, "__0_0.distcp", file.size(), z.size(), {}});
+      file += z;
+    }
+    entries.push_back(e);
+  }
+  d.write("__0_0.distcp", file);
+  d.write(".metadata", dcpw::metadata_pickle(entries));
+}
+
+TEST(DcpMetadata, SidecarsOfManyChunksAreRenderedOnReadWithTheSameBytes) {
+  // 5 x 1000 chunks (more than kEagerChunkLimit in all, each sidecar listing its 1000 chunks):
+  // the sidecars are not held in memory but rendered at each read, and must read exactly as the
+  // held sidecar of the same tensor in a small checkpoint does.
+  const uint64_t k = 1000;
+  static_assert(5 * 1000 > dcp::kEagerChunkLimit && 1000 <= dcp::kSidecarChunkLimit);
+  TempDir big, small;
+  many_tensor_shards(big, 5, k);
+  many_tensor_shards(small, 1, k);
+  auto lazy = open_checkpoint(big.path());
+  auto held = open_checkpoint(small.path());
+  auto lid = lazy.tree.resolve("w0.json"), hid = held.tree.resolve("w0.json");
+  ASSERT_TRUE(lid && hid);
+  const ByteSource& ls = *lazy.tree.node(*lid).data;
+  EXPECT_EQ(dynamic_cast<const MemorySource*>(&ls), nullptr) << "a many-chunk sidecar is held in memory";
+  EXPECT_NE(dynamic_cast<const MemorySource*>(held.tree.node(*hid).data.get()), nullptr);
+  std::string text = read_all(lazy.tree, "w0.json");
+  EXPECT_EQ(text, read_all(held.tree, "w0.json"));
+  auto j = nlohmann::json::parse(text);
+  EXPECT_EQ(j["chunks"].size(), k);
+  EXPECT_EQ(j["shape"], nlohmann::json::array({2, k}));
+  // Reads in pieces, as the kernel makes them.
+  std::string piece(50, '\0');
+  ASSERT_EQ(ls.read_at(100, piece.data(), piece.size()), piece.size());
+  EXPECT_EQ(piece, text.substr(100, 50));
+  EXPECT_EQ(ls.read_at(text.size() - 10, piece.data(), piece.size()), 10u);
+  EXPECT_EQ(ls.read_at(text.size(), piece.data(), piece.size()), 0u);
+  EXPECT_EQ(nlohmann::json::parse(read_all(lazy.tree, "w4.json"))["chunks"].size(), k);
+}
+
 TEST(DcpMetadata, StridedChunksAndBytesEntries) {
   // A chunk stored transposed (stride (1, rows)), a bytes entry, and list-index planner paths.
   TempDir d;
