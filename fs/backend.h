@@ -41,7 +41,6 @@ struct OpenResult {
   uint64_t fh = 0;
   bool keep_cache = false;  // immutable content: keep the page cache across opens
   bool direct_io = false;
-  bool noflush = false;  // close() of this open sends no FLUSH (nothing to write back through it)
 };
 
 // The answer to a read: a list of segments, each either a span of a real file (spliced by the

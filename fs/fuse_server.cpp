@@ -56,7 +56,6 @@ void apply_open(fuse_file_info* fi, const OpenResult& r) {
   fi->fh = r.fh;
   fi->keep_cache = r.keep_cache;
   fi->direct_io = r.direct_io;
-  fi->noflush = r.noflush;
 }
 
 void op_init(void* userdata, fuse_conn_info* conn) {

@@ -786,9 +786,6 @@ OpenResult WritableBackend::open(Ino ino, int flags) {
   ++n.opens;
   OpenResult r;
   r.keep_cache = true;  // every change passes through this mount, so the kernel's cache stays right
-  // A read-only open never makes data dirty, so its close has nothing to fdatasync: skipping the
-  // FLUSH saves one of the three round trips of open-read-close on a cached file.
-  r.noflush = !writing;
   return r;
 }
 
