@@ -35,6 +35,21 @@ constexpr uint64_t kMaxMemberHeader = 1 << 20;   // FNAME + FCOMMENT + FEXTRA, f
 constexpr uint64_t kMaxIndexFile = 2ull << 30;
 constexpr const char kMagic[8] = {'N', 'E', 'M', 'O', 'F', 'S', 'G', 'Z'};
 
+// Up to n bytes at off into buf; fewer only at the end of the file or on an error (errno is then
+// set, and 0 at the end of the file).
+size_t pread_upto(int fd, uint64_t off, void* buf, size_t n) {
+  auto* p = static_cast<char*>(buf);
+  size_t done = 0;
+  errno = 0;
+  while (done < n) {
+    ssize_t got = ::pread(fd, p + done, n - done, static_cast<off_t>(off + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    done += static_cast<size_t>(got);
+  }
+  return done;
+}
+
 // libdeflate's CRC-32 is gzip's CRC-32 (same polynomial and conditioning), 3x faster than zlib's here.
 uint32_t crc(uint32_t c, const void* p, size_t n) { return libdeflate_crc32(c, p, n); }
 
@@ -182,34 +197,29 @@ GzipIndexFile::~GzipIndexFile() {
 }
 
 void GzipIndexFile::read(uint64_t off, void* buf, size_t n) const {
-  auto* p = static_cast<char*>(buf);
-  size_t done = 0;
-  while (done < n) {
-    ssize_t got = ::pread(fd_, p + done, n - done, static_cast<off_t>(off + done));
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) eio("gzip index file " + path_ + ": " + std::strerror(errno));
-    if (got == 0)
-      eio("gzip index file " + path_ + " ends at byte " + std::to_string(off + done) +
-          ": it was truncated since it was loaded");
-    done += static_cast<size_t>(got);
-  }
+  size_t done = pread_upto(fd_, off, buf, n);
+  if (done == n) return;
+  if (int err = errno) eio("gzip index file " + path_ + ": " + std::strerror(err));
+  eio("gzip index file " + path_ + " ends at byte " + std::to_string(off + done) +
+      ": it was truncated since it was loaded");
+}
+
+const char* GzipIndex::stored_window(size_t i, std::string& buf) const {
+  const GzipPoint& p = points.at(i);
+  if (!window_file) return windows.data() + p.window_off;
+  // window_stored was bounded when the index was loaded (<= compressBound(32 KiB)).
+  buf.resize(p.window_stored);
+  window_file->read(p.window_off, buf.data(), buf.size());
+  if (crc(0, buf.data(), buf.size()) != p.window_crc)
+    eio("gzip index file " + window_file->path() + ": the window of access point " + std::to_string(i) +
+        " changed since the file was loaded");
+  return buf.data();
 }
 
 std::string GzipIndex::window(size_t i) const {
   const GzipPoint& p = points.at(i);
   std::string from_file;
-  const char* stored = nullptr;
-  if (window_file) {
-    // window_stored was bounded when the index was loaded (<= compressBound(32 KiB)).
-    from_file.resize(p.window_stored);
-    window_file->read(p.window_off, from_file.data(), from_file.size());
-    if (crc(0, from_file.data(), from_file.size()) != p.window_crc)
-      eio("gzip index file " + window_file->path() + ": the window of access point " + std::to_string(i) +
-          " changed since the file was loaded");
-    stored = from_file.data();
-  } else {
-    stored = windows.data() + p.window_off;
-  }
+  const char* stored = stored_window(i, from_file);
   if (p.window_method == 0) return std::string(stored, p.window_len);
   std::string out(p.window_len, '\0');
   uLongf n = p.window_len;
@@ -466,17 +476,7 @@ void emit_index(const GzipIndex& idx, const GzipFileKey& key, Emit&& emit) {
   std::string buf;
   for (size_t i = 0; i < idx.points.size(); ++i) {
     const GzipPoint& p = idx.points[i];
-    const char* w = nullptr;
-    if (idx.window_file) {
-      buf.resize(p.window_stored);
-      idx.window_file->read(p.window_off, buf.data(), buf.size());
-      if (crc(0, buf.data(), buf.size()) != p.window_crc)
-        eio("gzip index file " + idx.window_file->path() + ": the window of access point " + std::to_string(i) +
-            " changed since the file was loaded");
-      w = buf.data();
-    } else {
-      w = idx.windows.data() + p.window_off;
-    }
+    const char* w = idx.stored_window(i, buf);
     sum = crc(sum, w, p.window_stored);
     emit(w, p.window_stored);
   }
@@ -587,17 +587,7 @@ bool parse_tables(IndexHeader& h, const unsigned char* r, Why why) {
 }
 
 // Reads exactly n bytes at off; false on a short read or an error.
-bool pread_all(int fd, uint64_t off, void* buf, size_t n) {
-  auto* p = static_cast<char*>(buf);
-  size_t done = 0;
-  while (done < n) {
-    ssize_t got = ::pread(fd, p + done, n - done, static_cast<off_t>(off + done));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return false;
-    done += static_cast<size_t>(got);
-  }
-  return true;
-}
+bool pread_all(int fd, uint64_t off, void* buf, size_t n) { return pread_upto(fd, off, buf, n) == n; }
 
 // The index then reads its windows from `file`: offsets become the file's (windows are stored in
 // point order, back to back, after the tables), and the in-memory copy goes.

@@ -144,6 +144,9 @@ struct GzipIndex {
   // The window of point i, inflated (throws IoError(EIO) when it does not decode, or when its
   // index file no longer holds it).
   std::string window(size_t i) const;
+  // The stored (possibly compressed) bytes of point i's window: in `windows`, or read from the
+  // index file into `buf` and checked against the point's CRC (IoError(EIO) when lost or changed).
+  const char* stored_window(size_t i, std::string& buf) const;
   // Window bytes held in memory (0 when they are read from the index file).
   uint64_t resident_window_bytes() const { return windows.empty() ? 0 : windows.capacity(); }
 };

@@ -563,6 +563,26 @@ TEST(GzipIndexFormat, SerializeParseRoundTrip) {
   EXPECT_TRUE(parse_gzip_index(serialize_gzip_index(empty, k), &k, &why)) << why;
 }
 
+// `count` reads of up to 20,000 bytes at random offsets return `oracle`'s bytes, and every access
+// point's window is the output just before the point.
+void expect_reads_and_windows_match(const GzipSource& gz, const std::string& oracle, uint64_t seed, int count) {
+  std::mt19937_64 rng(seed);
+  std::string buf;
+  for (int i = 0; i < count; ++i) {
+    uint64_t off = rng() % oracle.size();
+    size_t len = static_cast<size_t>(rng() % 20000) + 1;
+    buf.assign(len, '\0');
+    size_t got = gz.read_at(off, buf.data(), len);
+    ASSERT_EQ(got, std::min<uint64_t>(len, oracle.size() - off));
+    ASSERT_EQ(0, std::memcmp(buf.data(), oracle.data() + off, got)) << "off " << off;
+  }
+  const auto& idx = gz.index();
+  for (size_t i = 0; i < idx.points.size(); ++i) {
+    const auto& p = idx.points[i];
+    ASSERT_EQ(idx.window(i), oracle.substr(p.out - p.window_len, p.window_len)) << "point " << i;
+  }
+}
+
 // With an index file, the windows stay in it: the index holds none in memory, on the first open
 // (built, then stored) and on the next (loaded), and reads that start inflating at many different
 // points return the original bytes.
@@ -581,21 +601,8 @@ TEST_F(GzipFiles, FileBackedIndexHoldsNoWindowsInMemory) {
     size_t with_window = 0;
     for (const auto& p : idx.points) with_window += p.window_len > 0;
     EXPECT_GT(with_window, 100u);
-    std::mt19937_64 rng(origin == GzipIndexOrigin::Built ? 17 : 18);
-    std::string buf;
-    for (int i = 0; i < 400; ++i) {
-      uint64_t off = rng() % oracle.size();
-      size_t len = static_cast<size_t>(rng() % 20000) + 1;
-      buf.assign(len, '\0');
-      size_t got = gz->read_at(off, buf.data(), len);
-      ASSERT_EQ(got, std::min<uint64_t>(len, oracle.size() - off));
-      ASSERT_EQ(0, std::memcmp(buf.data(), oracle.data() + off, got)) << "off " << off;
-    }
-    // Every point's window, from the file, is the output just before the point.
-    for (size_t i = 0; i < idx.points.size(); ++i) {
-      const auto& p = idx.points[i];
-      ASSERT_EQ(idx.window(i), oracle.substr(p.out - p.window_len, p.window_len)) << "point " << i;
-    }
+    // Every point's window comes from the file here.
+    expect_reads_and_windows_match(*gz, oracle, origin == GzipIndexOrigin::Built ? 17 : 18, 400);
     auto st = gz->stats();
     EXPECT_GT(st.cursor_starts, 100u);  // the reads really did start at many points
     EXPECT_EQ(idx.resident_window_bytes(), 0u);
@@ -613,19 +620,8 @@ TEST_F(GzipFiles, NoIndexFileKeepsWindowsInMemory) {
     const auto& idx = gz->index();
     EXPECT_FALSE(idx.window_file);
     EXPECT_GT(idx.resident_window_bytes(), 100u * 1024);
-    std::mt19937_64 rng(19);
-    std::string buf;
-    for (int i = 0; i < 200; ++i) {
-      uint64_t off = rng() % d.size();
-      size_t len = static_cast<size_t>(rng() % 20000) + 1;
-      buf.assign(len, '\0');
-      size_t got = gz->read_at(off, buf.data(), len);
-      ASSERT_EQ(0, std::memcmp(buf.data(), d.data() + off, got)) << where << " off " << off;
-    }
-    for (size_t i = 0; i < idx.points.size(); ++i) {
-      const auto& p = idx.points[i];
-      ASSERT_EQ(idx.window(i), d.substr(p.out - p.window_len, p.window_len)) << "point " << i;
-    }
+    SCOPED_TRACE(where);
+    expect_reads_and_windows_match(*gz, d, 19, 200);
   }
 }
 
