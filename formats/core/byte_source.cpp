@@ -15,16 +15,16 @@ namespace nemofs {
 
 FileSource::FileSource(const std::string& path) : path_(path) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) throw IoError(errno, path + ": cannot open: " + std::strerror(errno));
+  if (fd_ < 0) throw SysError(errno, path + ": cannot open: " + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd_, &st) != 0) {
     int e = errno;
     ::close(fd_);
-    throw IoError(e, path + ": cannot stat: " + std::strerror(e));
+    throw SysError(e, path + ": cannot stat: " + std::strerror(e));
   }
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
     ::close(fd_);
-    throw IoError(EINVAL, path + ": not a regular file");
+    throw SysError(EINVAL, path + ": not a regular file");
   }
   size_ = static_cast<uint64_t>(st.st_size);
 }
@@ -42,9 +42,9 @@ size_t FileSource::read_at(uint64_t off, void* buf, size_t len) const {
     ssize_t n = ::pread(fd_, p + done, len - done, static_cast<off_t>(off + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw IoError(errno, path_ + ": read failed: " + std::strerror(errno));
+      throw SysError(errno, path_ + ": read failed: " + std::strerror(errno));
     }
-    if (n == 0) throw IoError(EIO, path_ + ": file shrank while mounted (read past its end)");
+    if (n == 0) throw SysError(EIO, path_ + ": file shrank while mounted (read past its end)");
     done += static_cast<size_t>(n);
   }
   return done;

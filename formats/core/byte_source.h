@@ -31,7 +31,7 @@ class ByteSource {
   virtual ~ByteSource() = default;
   virtual uint64_t size() const = 0;
   // Copies min(len, size() - off) bytes at `off` into `buf` and returns that count (0 at or past
-  // the end). Throws IoError when the operating system fails or the underlying file shrank.
+  // the end). Throws SysError when the operating system fails or the underlying file shrank.
   virtual size_t read_at(uint64_t off, void* buf, size_t len) const = 0;
   // When [off, off + len) is one contiguous span of a real file, where it lies. len must be > 0
   // and the span inside size(); otherwise nullopt.
@@ -50,7 +50,7 @@ using SourcePtr = std::shared_ptr<const ByteSource>;
 // IoErrors, never silent zeros.
 class FileSource final : public ByteSource {
  public:
-  explicit FileSource(const std::string& path);  // throws IoError
+  explicit FileSource(const std::string& path);  // throws SysError
   ~FileSource() override;
   FileSource(const FileSource&) = delete;
   FileSource& operator=(const FileSource&) = delete;

@@ -1,8 +1,13 @@
-// Error vocabulary of the FUSE-free formats library.
+// Error vocabulary of the whole project: two exception types, no more.
 //
-// Parsers throw FormatError when the bytes of a source are not what the format says they must be
-// (always at open/index time, so nothing half-broken is ever mounted). Byte sources throw IoError
-// when the operating system fails a read; the FUSE edge turns that into EIO for the one request.
+// FormatError: the bytes of a source are not what the format says they must be (always at
+// open/index time, so nothing half-broken is ever mounted). Its message names the format, the
+// byte offset and what is wrong.
+//
+// SysError: an operation failed with an errno (a read, a write, a refused namespace operation, a
+// commit step). It carries that errno from wherever it is thrown to the one place that answers:
+// the FUSE edge replies with err(), the CLI prints what() and picks its exit code. Anything else
+// that escapes to the FUSE edge becomes EIO.
 #pragma once
 
 #include <cstdint>
@@ -27,14 +32,17 @@ class FormatError : public std::runtime_error {
   std::string detail_;
 };
 
-// An operating-system failure while reading bytes (errno preserved for the FUSE reply).
-class IoError : public std::runtime_error {
+class SysError : public std::runtime_error {
  public:
-  IoError(int err, const std::string& what) : std::runtime_error(what), errno_(err) {}
-  int error_number() const { return errno_; }
+  // err 0 is never carried: it becomes EIO (a failure must reach the caller as a failure).
+  explicit SysError(int err, const std::string& what = {});
+  int err() const { return err_; }
 
  private:
-  int errno_;
+  int err_;
 };
+
+// "what: strerror(err)", as SysError. For ENOSPC/EDQUOT the message says the disk is full.
+[[noreturn]] void throw_sys(int err, const std::string& what);
 
 }  // namespace nemofs

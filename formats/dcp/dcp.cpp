@@ -216,7 +216,7 @@ class RenderedSource final : public ByteSource {
   size_t read_at(uint64_t off, void* buf, size_t len) const override {
     if (off >= size_ || len == 0) return 0;
     std::string text = render_();
-    if (text.size() != size_) throw IoError(EIO, what_ + ": rendered " + std::to_string(text.size()) +
+    if (text.size() != size_) throw SysError(EIO, what_ + ": rendered " + std::to_string(text.size()) +
                                                      " bytes, " + std::to_string(size_) + " expected");
     size_t n = static_cast<size_t>(std::min<uint64_t>(len, size_ - off));
     std::memcpy(buf, text.data() + off, n);

@@ -121,7 +121,7 @@ Metadata parse_metadata(const ByteSource& src);
 // elements of elem_bytes) and size nbytes: the keys listed in the header comment.
 std::string sidecar_text(const Entry& e, const char* dtype, uint64_t elem_bytes, uint64_t nbytes);
 
-// Builds the tree of a DCP folder under `dir`. Throws FormatError / IoError.
+// Builds the tree of a DCP folder under `dir`. Throws FormatError / SysError.
 void build_dcp(Tree& tree, NodeId dir, const FileSet& files);
 
 }  // namespace nemofs::dcp

@@ -211,10 +211,10 @@ const ShardedTensorSource::Chunk& ShardedTensorSource::ready(uint32_t id) const 
     try {
       s = c.open();
     } catch (const FormatError& e) {
-      throw IoError(EIO, what_ + ": chunk " + c.what + ": " + e.what());
+      throw SysError(EIO, what_ + ": chunk " + c.what + ": " + e.what());
     }
     if (!s || s->size() != c.nbytes)
-      throw IoError(EIO, what_ + ": chunk " + c.what + " holds " + (s ? std::to_string(s->size()) : "no") +
+      throw SysError(EIO, what_ + ": chunk " + c.what + " holds " + (s ? std::to_string(s->size()) : "no") +
                              " bytes, expected " + std::to_string(c.nbytes) + " (its dtype or shape disagrees with .metadata)");
     c.fr = s->file_range(0, c.nbytes);
     c.src = std::move(s);
@@ -279,7 +279,7 @@ void ShardedTensorSource::plan(uint64_t off, uint64_t len, std::vector<Run>& run
       at = b;
     }
     if (at != col_end)
-      throw IoError(EIO, what_ + ": no chunk holds byte " + std::to_string(row * row_bytes_ + at) + " (a hole in the chunk index)");
+      throw SysError(EIO, what_ + ": no chunk holds byte " + std::to_string(row * row_bytes_ + at) + " (a hole in the chunk index)");
     pos += col_end - col;
   }
 }
@@ -294,7 +294,7 @@ bool preadv_all(int fd, std::vector<iovec>& iov, uint64_t at) {
     ssize_t n = ::preadv(fd, iov.data() + first, cnt, static_cast<off_t>(at));
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw IoError(errno, std::string("preadv: ") + std::strerror(errno));
+      throw SysError(errno, std::string("preadv: ") + std::strerror(errno));
     }
     if (n == 0) return false;
     at += static_cast<uint64_t>(n);
@@ -320,7 +320,7 @@ size_t ShardedTensorSource::read_at(uint64_t off, void* buf, size_t len) const {
     const Run& r = runs[0];
     const Chunk& c = ready(r.chunk);
     if (c.src->read_at(r.local, out + r.dst, r.len) != r.len)
-      throw IoError(EIO, what_ + ": chunk " + c.what + " ended early");
+      throw SysError(EIO, what_ + ": chunk " + c.what + " ended early");
     return len;
   }
   // Group the runs by chunk, keeping each chunk's runs in increasing local order.
@@ -338,7 +338,7 @@ size_t ShardedTensorSource::read_at(uint64_t off, void* buf, size_t len) const {
       for (size_t k = i; k < j; ++k) {
         const Run& r = runs[order[k]];
         if (c.src->read_at(r.local, out + r.dst, r.len) != r.len)
-          throw IoError(EIO, what_ + ": chunk " + c.what + " ended early");
+          throw SysError(EIO, what_ + ": chunk " + c.what + " ended early");
       }
       i = j;
       continue;
@@ -361,7 +361,7 @@ size_t ShardedTensorSource::read_at(uint64_t off, void* buf, size_t len) const {
         next = r.local + r.len;
       }
       if (!preadv_all(c.fr->fd, iov, c.fr->offset + start))
-        throw IoError(EIO, what_ + ": chunk " + c.what + ": file ended early");
+        throw SysError(EIO, what_ + ": chunk " + c.what + ": file ended early");
     }
     i = j;
   }

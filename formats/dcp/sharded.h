@@ -17,7 +17,7 @@
 //
 // Chunk sources are opened on first use (open() may parse an embedded torch.save zip), once, and
 // must have exactly prod(s_c) * E bytes; a failure to open or a size mismatch is reported as
-// IoError(EIO) naming the chunk, never as zeros.
+// SysError(EIO) naming the chunk, never as zeros.
 //
 // validate_tiling() is the mount-time check: every chunk has n dims and lies inside S, no two
 // non-empty chunks overlap, and the chunks cover every element. Each defect has its own message.
@@ -42,7 +42,7 @@ struct Box {
 
 struct ShardChunk {
   Box box;
-  std::function<SourcePtr()> open;  // the chunk's C-contiguous bytes; may throw FormatError/IoError
+  std::function<SourcePtr()> open;  // the chunk's C-contiguous bytes; may throw FormatError/SysError
   std::string what;                 // names the chunk in messages ("__0_0.distcp @ 1234")
 };
 

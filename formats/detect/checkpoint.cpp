@@ -41,7 +41,7 @@ std::vector<std::string> DirFileSet::list() const {
        it.increment(ec)) {
     if (it->is_regular_file(ec)) out.push_back(fs::relative(it->path(), root_, ec).generic_string());
   }
-  if (ec) throw IoError(ec.value(), root_ + ": cannot list: " + ec.message());
+  if (ec) throw SysError(ec.value(), root_ + ": cannot list: " + ec.message());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -155,7 +155,7 @@ void build_dir(Format f, Tree& tree, NodeId dir, const FileSet& files, std::vect
 
 Checkpoint open_checkpoint(const std::string& path) {
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw IoError(errno, path + ": " + std::strerror(errno));
+  if (::stat(path.c_str(), &st) != 0) throw SysError(errno, path + ": " + std::strerror(errno));
   Checkpoint cp;
   if (S_ISDIR(st.st_mode)) {
     DirFileSet dir(path);

@@ -59,7 +59,7 @@ struct Checkpoint {
   std::vector<std::string> warnings;  // things not shown, views that could not be built
 };
 
-// Opens a file or directory and builds its validated tree. Throws FormatError / IoError.
+// Opens a file or directory and builds its validated tree. Throws FormatError / SysError.
 Checkpoint open_checkpoint(const std::string& path);
 
 // The checkpoint view of a nested file (a member of a .nemo), or nullopt when it is not a

@@ -109,7 +109,7 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_{};
 };
 
-[[noreturn]] void eio(const std::string& what) { throw IoError(EIO, what); }
+[[noreturn]] void eio(const std::string& what) { throw SysError(EIO, what); }
 
 }  // namespace
 
@@ -409,7 +409,7 @@ GzipIndex build_gzip_index(const ByteSource& src, const GzipOptions& opt, const 
     // Zero padding after the last member is accepted (as CPython does); anything else is not.
     for (uint64_t at = pos; at < csize;) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(in.size(), csize - at));
-      if (src.read_at(at, in.data(), n) != n) throw IoError(EIO, src.describe() + ": short read");
+      if (src.read_at(at, in.data(), n) != n) throw SysError(EIO, src.describe() + ": short read");
       for (size_t i = 0; i < n; ++i)
         if (in[i] != 0)
           throw FormatError("gzip", at + i, "trailing bytes after the last gzip member (neither a gzip member nor zero padding)");
@@ -661,7 +661,7 @@ GzipFileKey gzip_file_key(const ByteSource& src, const std::string& path) {
   struct stat st {};
   const auto* fs = dynamic_cast<const FileSource*>(&src);
   if (fs ? ::fstat(fs->fd(), &st) != 0 : ::stat(path.c_str(), &st) != 0)
-    throw IoError(errno, path + ": cannot stat: " + std::strerror(errno));
+    throw SysError(errno, path + ": cannot stat: " + std::strerror(errno));
   GzipFileKey k;
   k.dev = static_cast<uint64_t>(st.st_dev);
   k.ino = static_cast<uint64_t>(st.st_ino);
@@ -669,9 +669,9 @@ GzipFileKey gzip_file_key(const ByteSource& src, const std::string& path) {
   k.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   size_t n = static_cast<size_t>(std::min<uint64_t>(kKeySpan, k.size));
   std::string buf(n, '\0');
-  if (n && src.read_at(0, buf.data(), n) != n) throw IoError(EIO, path + ": short read");
+  if (n && src.read_at(0, buf.data(), n) != n) throw SysError(EIO, path + ": short read");
   k.head_crc = crc(0, buf.data(), n);
-  if (n && src.read_at(k.size - n, buf.data(), n) != n) throw IoError(EIO, path + ": short read");
+  if (n && src.read_at(k.size - n, buf.data(), n) != n) throw SysError(EIO, path + ": short read");
   k.tail_crc = crc(0, buf.data(), n);
   return k;
 }
@@ -695,7 +695,7 @@ void mkdirs(const std::string& dir) {
   for (size_t i = 1; i <= dir.size(); ++i) {
     if (i == dir.size() || dir[i] == '/') {
       std::string p = dir.substr(0, i);
-      if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) throw IoError(errno, p + ": " + std::strerror(errno));
+      if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) throw SysError(errno, p + ": " + std::strerror(errno));
     }
   }
 }
@@ -707,7 +707,7 @@ std::shared_ptr<const GzipIndexFile> write_index_atomic(const std::string& path,
   std::random_device rd;
   std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + hex(rd());
   int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) throw IoError(errno, tmp + ": " + std::strerror(errno));
+  if (fd < 0) throw SysError(errno, tmp + ": " + std::strerror(errno));
   auto file = std::make_shared<const GzipIndexFile>(fd, path);  // closes fd on every path out
   // Small writes gathered into 1 MiB ones.
   std::string pending;
@@ -719,7 +719,7 @@ std::shared_ptr<const GzipIndexFile> write_index_atomic(const std::string& path,
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
         int e = n < 0 ? errno : ENOSPC;
-        throw IoError(e, tmp + ": " + std::strerror(e));
+        throw SysError(e, tmp + ": " + std::strerror(e));
       }
       done += static_cast<size_t>(n);
     }
@@ -741,7 +741,7 @@ std::shared_ptr<const GzipIndexFile> write_index_atomic(const std::string& path,
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int e = errno;
     ::unlink(tmp.c_str());
-    throw IoError(e, path + ": " + std::strerror(e));
+    throw SysError(e, path + ": " + std::strerror(e));
   }
   if (keep) return file;
   return nullptr;
@@ -759,7 +759,7 @@ std::string store_gzip_index(const GzipIndex& idx, const ByteSource& compressed,
     mkdirs(dir);
     write_index_atomic(dir + "/gzip-" + hex(key.dev) + "-" + hex(key.ino) + ".idx", idx, key);
     return "";
-  } catch (const IoError& e) {
+  } catch (const SysError& e) {
     return std::string("gzip index not cached: ") + e.what();
   }
 }
@@ -775,7 +775,7 @@ std::shared_ptr<const GzipSource> open_gzip(const SourcePtr& compressed, const s
       try {
         key = gzip_file_key(*compressed, cache_key_path);
         file = dir + "/gzip-" + hex(key.dev) + "-" + hex(key.ino) + ".idx";
-      } catch (const IoError& e) {
+      } catch (const SysError& e) {
         note = std::string("gzip index not cached: ") + e.what();
       }
     }
@@ -803,7 +803,7 @@ std::shared_ptr<const GzipSource> open_gzip(const SourcePtr& compressed, const s
       } else {
         note = "gzip index not cached: the archive changed while it was indexed";
       }
-    } catch (const IoError& e) {
+    } catch (const SysError& e) {
       note = std::string("gzip index not cached: ") + e.what();
     }
   }

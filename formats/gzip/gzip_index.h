@@ -116,7 +116,7 @@ class GzipIndexFile {
   GzipIndexFile& operator=(const GzipIndexFile&) = delete;
   int fd() const { return fd_; }
   const std::string& path() const { return path_; }
-  // Exactly n bytes at off; IoError(EIO) when the file is shorter now (truncated since loaded).
+  // Exactly n bytes at off; SysError(EIO) when the file is shorter now (truncated since loaded).
   void read(uint64_t off, void* buf, size_t n) const;
 
  private:
@@ -141,11 +141,11 @@ struct GzipIndex {
   uint64_t block_of(uint64_t off) const;
   std::pair<uint64_t, uint64_t> block_range(uint64_t block) const;
   size_t point_of_block(uint64_t block) const;
-  // The window of point i, inflated (throws IoError(EIO) when it does not decode, or when its
+  // The window of point i, inflated (throws SysError(EIO) when it does not decode, or when its
   // index file no longer holds it).
   std::string window(size_t i) const;
   // The stored (possibly compressed) bytes of point i's window: in `windows`, or read from the
-  // index file into `buf` and checked against the point's CRC (IoError(EIO) when lost or changed).
+  // index file into `buf` and checked against the point's CRC (SysError(EIO) when lost or changed).
   const char* stored_window(size_t i, std::string& buf) const;
   // Window bytes held in memory (0 when they are read from the index file).
   uint64_t resident_window_bytes() const { return windows.empty() ? 0 : windows.capacity(); }
@@ -210,7 +210,7 @@ std::optional<GzipIndex> load_gzip_index_file(std::shared_ptr<const GzipIndexFil
                                               std::string* why);
 
 // Key of the file behind `compressed` (fstat of its descriptor when it is a FileSource, else stat
-// of `path`). Throws IoError when neither can be stat'ed.
+// of `path`). Throws SysError when neither can be stat'ed.
 GzipFileKey gzip_file_key(const ByteSource& compressed, const std::string& path);
 // The folder index files go to (see GzipOptions::cache_dir); "" when there is none.
 std::string gzip_cache_dir(const GzipOptions& opt);
@@ -241,7 +241,7 @@ class GzipSource final : public ByteSource {
              GzipIndexOrigin origin = GzipIndexOrigin::Built, std::string note = {});
   ~GzipSource() override;
   uint64_t size() const override;
-  // Throws IoError(EIO) when the compressed bytes no longer inflate to what was indexed.
+  // Throws SysError(EIO) when the compressed bytes no longer inflate to what was indexed.
   size_t read_at(uint64_t off, void* buf, size_t len) const override;
   std::string describe() const override;
 

@@ -95,7 +95,7 @@ class StridedSource final : public ByteSource {
       size_t bytes = static_cast<size_t>((last - first + 1) * elem_);
       run.resize(bytes);
       size_t got = storage_->read_at(first * elem_, run.data(), bytes);
-      if (got != bytes) throw IoError(EIO, what_ + ": storage bytes are truncated");
+      if (got != bytes) throw SysError(EIO, what_ + ": storage bytes are truncated");
       for (size_t k = i; k < j; ++k) {
         unsigned char* dst = tmp.data() + static_cast<size_t>(idx[k].second) * elem_;
         std::memcpy(dst, run.data() + (idx[k].first - first) * elem_, static_cast<size_t>(elem_));

@@ -36,10 +36,10 @@ class InflateSource final : public ByteSource {
   void inflate_all() const {
     std::string in(static_cast<size_t>(compressed_->size()), '\0');
     if (compressed_->read_at(0, in.data(), in.size()) != in.size())
-      throw IoError(EIO, what_ + ": compressed data is truncated");
+      throw SysError(EIO, what_ + ": compressed data is truncated");
     std::string out(static_cast<size_t>(usize_), '\0');
     z_stream zs{};
-    if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) throw IoError(ENOMEM, what_ + ": zlib init failed");
+    if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) throw SysError(ENOMEM, what_ + ": zlib init failed");
     zs.next_in = reinterpret_cast<Bytef*>(in.data());
     zs.avail_in = static_cast<uInt>(in.size());
     zs.next_out = reinterpret_cast<Bytef*>(out.data());
@@ -48,7 +48,7 @@ class InflateSource final : public ByteSource {
     uint64_t produced = zs.total_out;
     inflateEnd(&zs);
     // A bad stream is a corrupt entry, reported as an I/O failure of this one file.
-    if (rc != Z_STREAM_END || produced != usize_) throw IoError(EIO, what_ + ": deflate data is corrupt");
+    if (rc != Z_STREAM_END || produced != usize_) throw SysError(EIO, what_ + ": deflate data is corrupt");
     data_ = std::move(out);
   }
 

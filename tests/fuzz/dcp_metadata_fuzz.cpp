@@ -4,7 +4,7 @@
 //      (fuzz_properties.h) checked.
 //   2. parse_metadata, and for each tensor whose chunks pass validate_tiling (and that is small),
 //      chunk assembly from in-memory chunks compared byte for byte with a naive assembly.
-// Bad input must be refused with FormatError (IoError for a chunk that fails on first read), never
+// Bad input must be refused with FormatError (SysError for a chunk that fails on first read), never
 // crash, hang or assemble wrong bytes (a mismatch aborts).
 #include <cstddef>
 #include <cstdint>
@@ -91,7 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     dcp::build_dcp(tree, Tree::kRoot, MemFileSet(src));
   } catch (const FormatError&) {
     built = false;
-  } catch (const IoError&) {
+  } catch (const SysError&) {
     built = false;
   }
   if (built) {

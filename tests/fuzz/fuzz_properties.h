@@ -53,7 +53,7 @@ inline SourcePtr file_source(const uint8_t* data, size_t size) {
 struct CheckOptions {
   // Files larger than this are read at their head and tail only (an expanded tensor can be huge).
   uint64_t full_read_limit = 8u << 20;
-  // A lazily decoded file (deflate entry, DCP chunk) may fail its first read with IoError; a read
+  // A lazily decoded file (deflate entry, DCP chunk) may fail its first read with SysError; a read
   // that returns must still deliver every byte.
   bool allow_io_error = false;
   // Whether `<path>.json` beside a file at `path` is a tensor sidecar (false: e.g. raw .nemo members).
@@ -62,14 +62,14 @@ struct CheckOptions {
 
 namespace detail {
 
-// Reads [off, off + len) and checks the count; returns false on an allowed IoError.
+// Reads [off, off + len) and checks the count; returns false on an allowed SysError.
 inline bool read_range(const ByteSource& s, uint64_t off, uint64_t len, std::string& out, const std::string& path,
                        const CheckOptions& o) {
   out.assign(static_cast<size_t>(len), '\0');
   size_t got;
   try {
     got = s.read_at(off, out.data(), out.size());
-  } catch (const IoError& e) {
+  } catch (const SysError& e) {
     if (o.allow_io_error) return false;
     violation(path + ": read of a listed file failed: " + e.what());
   }
@@ -103,7 +103,7 @@ inline void check_sidecar(const Tree& tree, const Node& n, uint64_t size, const 
   std::string text(static_cast<size_t>(std::min<uint64_t>(s.size(), 1u << 20)), '\0');
   try {
     text.resize(s.read_at(0, text.data(), text.size()));
-  } catch (const IoError&) {
+  } catch (const SysError&) {
     return;
   }
   auto j = nlohmann::json::parse(text, nullptr, false);
@@ -157,7 +157,7 @@ inline void check_tree(const Tree& tree, const CheckOptions& o = {}) {
       size_t past;
       try {
         past = s.read_at(size, &extra, 1);
-      } catch (const IoError& e) {
+      } catch (const SysError& e) {
         violation(path + ": read at the end failed: " + e.what());
       }
       if (past != 0) violation(path + ": a read past the end delivered bytes");

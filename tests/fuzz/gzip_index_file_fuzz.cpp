@@ -2,7 +2,7 @@
 // not a well-formed index, and must never crash or allocate more than the file's own size
 // suggests. The bytes are tried as they are (the checksum usually rejects them) and with a valid
 // checksum appended (so the structural checks behind it are reached). An accepted index is then
-// used to read a fixed gzip stream: reads may fail with IoError (the index need not describe that
+// used to read a fixed gzip stream: reads may fail with SysError (the index need not describe that
 // stream), but must not crash or hang. Each try also goes through the pread loader (the bytes in
 // a memfd), which must accept exactly what the in-memory parser accepts; its index reads windows
 // from the file, also after the file is cut in half under it.
@@ -55,7 +55,7 @@ void exercise(const GzipIndex& idx) {
   for (uint64_t off : {uint64_t{0}, n / 3, n / 2, n > 5 ? n - 5 : 0}) {
     try {
       gz.read_at(off, buf.data(), buf.size());
-    } catch (const IoError&) {
+    } catch (const SysError&) {
     }
   }
 }

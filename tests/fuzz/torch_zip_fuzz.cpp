@@ -1,7 +1,7 @@
 // Fuzz target: a torch.save file (zip, or legacy stream when it starts with torch's legacy magic)
 // turned into a tree. Bad input must be refused with FormatError, never crash or hang; the tree
 // must keep the properties of fuzz_properties.h (a deflated entry may fail its first read with
-// IoError; a read that returns delivers every byte).
+// SysError; a read that returns delivers every byte).
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -21,7 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     torch::build_torch_tree(tree, Tree::kRoot, *f);
   } catch (const FormatError&) {
     return 0;
-  } catch (const IoError&) {
+  } catch (const SysError&) {
     return 0;  // a deflated data.pkl that does not inflate
   }
   fuzz::CheckOptions o;

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "fs/commit.h"
+#include "fs/edit/yaml_check.h"
 #include "tests/fuzz/fuzz_properties.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -2,7 +2,7 @@
 // stored and deflated entries), without torch's pickle on top. Bad input must be refused with
 // FormatError; for an accepted entry, its source must have the size the directory says, a stored
 // entry must map to its data inside the file, and every byte must be readable (a deflated entry
-// may fail its first read with IoError, never return short).
+// may fail its first read with SysError, never return short).
 #include <cstddef>
 #include <cstdint>
 #include <string>

@@ -90,7 +90,7 @@ TEST(Cli, HelpNamesEveryCommandAndTheManPage) {
 // --- man pages agree with the code ---------------------------------------------------------------
 
 TEST(ManPages, DocumentEveryExitCodeOfCliH) {
-  std::string cli = slurp(source_dir() + "/fs/cli.h");
+  std::string cli = slurp(source_dir() + "/fs/cli/cli.h");
   std::string man = slurp(source_dir() + "/docs/man/nemofs.1.md");
   std::regex code(R"(kExit\w+\s*=\s*(\d+))");
   int n = 0;
@@ -106,7 +106,7 @@ TEST(ManPages, DocumentEveryCommandAndTheInspectSchemaVersion) {
   for (const char* c : {"**mount**", "**umount**", "**inspect**", "**status**", "**--version**", "**--help**"})
     EXPECT_NE(man.find(c), std::string::npos) << c;
   std::smatch h, m;
-  std::string inspect_h = slurp(source_dir() + "/fs/inspect.h");
+  std::string inspect_h = slurp(source_dir() + "/fs/cli/inspect.h");
   ASSERT_TRUE(std::regex_search(inspect_h, h, std::regex(R"(\"nemofs_inspect\": (\d+))")));
   ASSERT_TRUE(std::regex_search(man, m, std::regex(R"(\"nemofs_inspect\": (\d+))")));
   EXPECT_EQ(h[1], m[1]) << "inspect --json schema version differs between fs/inspect.h and the man page";

@@ -255,7 +255,7 @@ TEST(DcpMetadata, ManyChunksAreCheckedOnFirstRead) {
     try {
       cp.tree.node(*id).data->read_at(0, buf, sizeof buf);
       FAIL() << "read succeeded";
-    } catch (const IoError& e) {
+    } catch (const SysError& e) {
       EXPECT_NE(std::string(e.what()).find("chunk holds dtype I16 but .metadata says F32"), std::string::npos) << e.what();
     }
   }

@@ -269,7 +269,7 @@ TEST(DcpSharded, ChunkOfTheWrongSizeIsAnIoError) {
   try {
     src.read_at(8, buf, 8);
     FAIL() << "no error";
-  } catch (const IoError& e) {
+  } catch (const SysError& e) {
     EXPECT_NE(std::string(e.what()).find("c1 holds 16 bytes, expected 32"), std::string::npos) << e.what();
   }
 }

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "fs/commit.h"
+#include "fs/edit/commit.h"
 
 using namespace nemofs;
 

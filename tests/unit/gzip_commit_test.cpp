@@ -15,7 +15,7 @@
 #include "formats/gzip/gzip_index.h"
 #include "formats/gzip/gzip_writer.h"
 #include "formats/nemo/nemo.h"
-#include "fs/writable_backend.h"
+#include "fs/backends/writable_backend.h"
 #include "tests/common/manifest_check.h"
 
 using namespace nemofs;
@@ -161,7 +161,6 @@ TEST(WritableGzipBackend, CommitWritesGzipAndCachesItsIndex) {
     ASSERT_TRUE(cp.writable_candidate);
     WritableOptions o;
     o.archive_path = archive;
-    o.mountpoint = tmp.path + "/mnt";
     o.uid = getuid();
     o.gid = getgid();
     WritableBackend b(std::move(cp), o);
@@ -179,9 +178,9 @@ TEST(WritableGzipBackend, CommitWritesGzipAndCachesItsIndex) {
     b.release(cfg.attr.st_ino, 0);
     // A rename without an edit: the member's bytes come from the gzip stream at commit.
     b.rename(kRootIno, "extras", kRootIno, "extras2", 0);
-    std::string msg;
-    ASSERT_TRUE(b.commit(msg)) << msg;
-    EXPECT_NE(msg.find("committed"), std::string::npos) << msg;
+    CommitOutcome done = b.commit();
+    ASSERT_TRUE(done.ok) << done.message;
+    EXPECT_NE(done.message.find("committed"), std::string::npos) << done.message;
     // Still mounted: serving the new archive.
     Entry c2 = b.lookup(kRootIno, "model_config.yaml");
     ReadResult r2;

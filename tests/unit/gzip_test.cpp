@@ -530,8 +530,8 @@ TEST_F(GzipFiles, ArchiveChangedUnderTheSourceIsEio) {
     try {
       s->read_at(off, buf.data(), buf.size());
       ADD_FAILURE() << "served bytes of a changed archive at " << off;
-    } catch (const IoError& e) {
-      eio += e.error_number() == EIO;
+    } catch (const SysError& e) {
+      eio += e.err() == EIO;
     }
   }
   EXPECT_EQ(eio, 3);
@@ -669,8 +669,8 @@ TEST_F(GzipFiles, IndexFileTruncatedOrReplacedAfterLoad) {
     try {
       gz2->read_at(idx2.points[i].out + 10, buf.data(), buf.size());
       ADD_FAILURE() << "read from a window that was cut off, point " << i;
-    } catch (const IoError& e) {
-      eio += e.error_number() == EIO;
+    } catch (const SysError& e) {
+      eio += e.err() == EIO;
       EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
     }
   }
@@ -684,8 +684,8 @@ TEST_F(GzipFiles, IndexFileTruncatedOrReplacedAfterLoad) {
   try {
     gz2->read_at(idx2.points[np / 3].out + 10, buf.data(), buf.size());
     ADD_FAILURE() << "read from a window of an empty index file";
-  } catch (const IoError& e) {
-    EXPECT_EQ(e.error_number(), EIO);
+  } catch (const SysError& e) {
+    EXPECT_EQ(e.err(), EIO);
   }
   auto gz3 = open_file(file("a.gz"), dense(cache()));
   EXPECT_EQ(gz3->origin(), GzipIndexOrigin::Built);
@@ -707,8 +707,8 @@ TEST_F(GzipFiles, IndexFileTruncatedOrReplacedAfterLoad) {
   try {
     gz4->read_at(p.out + 10, buf.data(), buf.size());
     ADD_FAILURE() << "read through a window rewritten in place";
-  } catch (const IoError& e) {
-    EXPECT_EQ(e.error_number(), EIO);
+  } catch (const SysError& e) {
+    EXPECT_EQ(e.err(), EIO);
   }
 }
 

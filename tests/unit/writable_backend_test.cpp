@@ -8,7 +8,7 @@
 #include <filesystem>
 
 #include "formats/detect/checkpoint.h"
-#include "fs/writable_backend.h"
+#include "fs/backends/writable_backend.h"
 #include "tests/common/manifest_check.h"
 
 using namespace nemofs;
@@ -30,7 +30,6 @@ struct Fixture {
     cp.tree.graft(Tree::kRoot, "model_weights.ckpt.tensors", view);
     WritableOptions o;
     o.archive_path = archive;
-    o.mountpoint = dir + "/mnt";
     o.uid = getuid();
     o.gid = getgid();
     b = std::make_unique<WritableBackend>(std::move(cp), o);
@@ -51,7 +50,7 @@ struct Fixture {
     try {
       f();
       return 0;
-    } catch (const FsError& e) {
+    } catch (const SysError& e) {
       return e.err();
     }
   }
@@ -127,10 +126,9 @@ TEST(WritableBackend, JournalBringsEditsBackInANewBackend) {
     Checkpoint cp = open_checkpoint(archive);
     WritableOptions opts;
     opts.archive_path = archive;
-    opts.mountpoint = f.dir + "/mnt";
     WritableBackend again(std::move(cp), opts);
     EXPECT_EQ(read_all(again, again.lookup(kRootIno, "new.txt").attr.st_ino), "hello");
-    EXPECT_THROW(again.lookup(kRootIno, "model_config.yaml"), FsError);
+    EXPECT_THROW(again.lookup(kRootIno, "model_config.yaml"), SysError);
     EXPECT_EQ(again.pending_edits(), 2u);
   }
 }

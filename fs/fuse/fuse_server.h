@@ -1,16 +1,16 @@
 // The FUSE edge: runs a Backend behind a libfuse3 low-level session.
 //
 // Every request is answered exactly once: each op computes its answer inside one exception
-// wrapper (FsError -> its errno, IoError -> its errno or EIO, anything else -> EIO, bad_alloc ->
-// ENOMEM) and replies as its last statement. The loop is multi-threaded; reads of file-backed
-// extents are answered with fd buffers so the kernel splices them.
+// wrapper (SysError -> its errno; bad_alloc -> ENOMEM; anything else, FormatError included -> EIO)
+// and replies as its last statement. The loop is multi-threaded; reads of file-backed extents are
+// answered with fd buffers so the kernel splices them.
 #pragma once
 
 #include <functional>
 #include <string>
 #include <vector>
 
-#include "fs/backend.h"
+#include "fs/backends/backend.h"
 
 namespace nemofs {
 

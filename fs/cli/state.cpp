@@ -1,4 +1,4 @@
-#include "fs/state.h"
+#include "fs/cli/state.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -11,6 +11,9 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+
+#include "formats/core/hash.h"
+#include "formats/core/io.h"
 
 namespace nemofs {
 
@@ -30,22 +33,10 @@ std::string state_dir() {
 
 namespace {
 std::string hash_name(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
+  uint64_t h = fnv1a(kFnvOffset, s.data(), s.size());
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
   return buf;
-}
-
-std::optional<std::string> slurp(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return std::nullopt;
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 // /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
@@ -76,52 +67,28 @@ std::string state_file_for(const std::string& mp) { return state_dir() + "/" + h
 std::string result_file_for(const std::string& mp) { return state_dir() + "/" + hash_name(mp) + ".result"; }
 std::string progress_file_for(const std::string& mp) { return state_dir() + "/" + hash_name(mp) + ".progress"; }
 
-void write_file_atomic(const std::string& path, const std::string& body) {
-  std::string tmp = path + ".tmp." + std::to_string(getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) throw std::runtime_error(tmp + ": " + std::strerror(errno));
-  size_t done = 0;
-  while (done < body.size()) {
-    ssize_t n = ::write(fd, body.data() + done, body.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw std::runtime_error(tmp + ": " + std::strerror(e));
-    }
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    throw std::runtime_error(path + ": " + std::strerror(e));
-  }
-}
-
-void write_state(const std::string& mp, const nlohmann::json& state) { write_file_atomic(state_file_for(mp), state.dump(2) + "\n"); }
+void write_state(const std::string& mp, const nlohmann::json& state) { io::replace_file(state_file_for(mp), state.dump(2) + "\n", 0600, false); }
 
 std::optional<nlohmann::json> read_state(const std::string& mp) {
-  auto s = slurp(state_file_for(mp));
+  auto s = io::read_file(state_file_for(mp));
   if (!s) return std::nullopt;
   auto j = nlohmann::json::parse(*s, nullptr, false);
   if (j.is_discarded()) return std::nullopt;
   return j;
 }
 
-void remove_state(const std::string& mp) { ::unlink(state_file_for(mp).c_str()); }
+void remove_state(const std::string& mp) { io::unlink(state_file_for(mp)); }
 
 void write_result(const std::string& mp, bool ok, const std::string& message) {
   nlohmann::json j{{"ok", ok}, {"message", message}};
-  write_file_atomic(result_file_for(mp), j.dump() + "\n");
+  io::replace_file(result_file_for(mp), j.dump() + "\n", 0600, false);
 }
 
 std::optional<nlohmann::json> take_result(const std::string& mp) {
   std::string path = result_file_for(mp);
-  auto s = slurp(path);
+  auto s = io::read_file(path);
   if (!s) return std::nullopt;
-  ::unlink(path.c_str());
+  io::unlink(path);
   auto j = nlohmann::json::parse(*s, nullptr, false);
   if (j.is_discarded()) return std::nullopt;
   return j;
@@ -151,6 +118,36 @@ bool is_nemofs_mount(const std::string& mp) {
   for (const auto& m : nemofs_mounts())
     if (m.mountpoint == mp) return true;
   return false;
+}
+
+void StateObserver::pending_edits(size_t n) {
+  try {
+    if (auto st = read_state(mp_)) {
+      (*st)["pending_edits"] = n;
+      write_state(mp_, *st);
+    }
+  } catch (const std::exception&) {
+    // `nemofs status` shows an older count; the edit itself is safe in the journal.
+  }
+}
+
+void StateObserver::progress(uint64_t done, uint64_t total, const std::string& target) {
+  try {
+    nlohmann::json j{{"done", done}, {"total", total}, {"target", target}};
+    io::replace_file(progress_file_for(mp_), j.dump() + "\n", 0600, false);
+  } catch (const std::exception&) {
+    // Progress is a courtesy: the commit goes on without it.
+  }
+}
+
+void StateObserver::progress_done() { io::unlink(progress_file_for(mp_)); }
+
+void StateObserver::commit_outcome(bool ok, const std::string& message) {
+  try {
+    write_result(mp_, ok, message);
+  } catch (const std::exception&) {
+    // `nemofs commit` then reports the errno of its setxattr call instead of the message.
+  }
 }
 
 }  // namespace nemofs

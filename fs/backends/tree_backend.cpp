@@ -1,4 +1,4 @@
-#include "fs/tree_backend.h"
+#include "fs/backends/tree_backend.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -26,7 +26,7 @@ TreeBackend::TreeBackend(const Tree& tree, int64_t default_mtime, uid_t uid, gid
 }
 
 NodeId TreeBackend::node_of(Ino ino) const {
-  if (ino < 1 || ino > tree_.size()) throw FsError(ESTALE);
+  if (ino < 1 || ino > tree_.size()) throw SysError(ESTALE);
   return static_cast<NodeId>(ino - 1);
 }
 
@@ -59,9 +59,9 @@ struct stat TreeBackend::stat_of(NodeId id) const {
 
 Entry TreeBackend::lookup(Ino parent, std::string_view name) {
   NodeId p = node_of(parent);
-  if (tree_.node(p).type != NodeType::Dir) throw FsError(ENOTDIR);
+  if (tree_.node(p).type != NodeType::Dir) throw SysError(ENOTDIR);
   auto id = tree_.lookup(p, name);
-  if (!id) throw FsError(ENOENT);
+  if (!id) throw SysError(ENOENT);
   return Entry{stat_of(*id), kTimeout, kTimeout};
 }
 
@@ -69,7 +69,7 @@ Entry TreeBackend::getattr(Ino ino) { return Entry{stat_of(node_of(ino)), kTimeo
 
 void TreeBackend::readdir(Ino ino, uint64_t offset, const std::function<bool(const DirEntryOut&, uint64_t)>& emit) {
   NodeId id = node_of(ino);
-  if (tree_.node(id).type != NodeType::Dir) throw FsError(ENOTDIR);
+  if (tree_.node(id).type != NodeType::Dir) throw SysError(ENOTDIR);
   const auto& kids = children_[id];
   // Offsets: 0 -> ".", 1 -> "..", 2 + i -> child i. next_offset is the offset after the entry.
   for (uint64_t off = offset; off < kids.size() + 2; ++off) {
@@ -91,8 +91,8 @@ void TreeBackend::readdir(Ino ino, uint64_t offset, const std::function<bool(con
 
 OpenResult TreeBackend::open(Ino ino, int flags) {
   NodeId id = node_of(ino);
-  if (tree_.node(id).type == NodeType::Dir) throw FsError(EISDIR);
-  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) throw FsError(EROFS);
+  if (tree_.node(id).type == NodeType::Dir) throw SysError(EISDIR);
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) throw SysError(EROFS);
   OpenResult r;
   r.keep_cache = true;
   return r;
@@ -114,7 +114,7 @@ void read_source(const ByteSource& src, uint64_t off, size_t size, ReadResult& o
 void TreeBackend::read(Ino ino, uint64_t fh, uint64_t off, size_t size, ReadResult& out) {
   NodeId id = node_of(ino);
   const Node& n = tree_.node(id);
-  if (n.type == NodeType::Dir) throw FsError(EISDIR);
+  if (n.type == NodeType::Dir) throw SysError(EISDIR);
   read_source(*n.data, off, size, out);
 }
 

@@ -1,5 +1,5 @@
 #define FUSE_USE_VERSION 314
-#include "fs/fuse_server.h"
+#include "fs/fuse/fuse_server.h"
 
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
@@ -31,10 +31,8 @@ template <typename F>
 void guarded(fuse_req_t req, F&& f) {
   try {
     f();
-  } catch (const FsError& e) {
+  } catch (const SysError& e) {
     fuse_reply_err(req, e.err());
-  } catch (const IoError& e) {
-    fuse_reply_err(req, e.error_number() ? e.error_number() : EIO);
   } catch (const std::bad_alloc&) {
     fuse_reply_err(req, ENOMEM);
   } catch (...) {

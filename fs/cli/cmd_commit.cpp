@@ -10,9 +10,9 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "fs/cli.h"
-#include "fs/progress.h"
-#include "fs/state.h"
+#include "fs/cli/cli.h"
+#include "fs/cli/progress.h"
+#include "fs/cli/state.h"
 
 namespace nemofs {
 

@@ -9,13 +9,14 @@
 #include <iostream>
 
 #include "formats/core/errors.h"
+#include "formats/core/io.h"
 #include "formats/detect/checkpoint.h"
-#include "fs/backend_factory.h"
-#include "fs/cli.h"
-#include "fs/fuse_server.h"
-#include "fs/inspect.h"
-#include "fs/state.h"
-#include "fs/writable_backend.h"
+#include "fs/backends/backend_factory.h"
+#include "fs/cli/cli.h"
+#include "fs/fuse/fuse_server.h"
+#include "fs/cli/inspect.h"
+#include "fs/cli/state.h"
+#include "fs/backends/writable_backend.h"
 
 namespace nemofs {
 
@@ -52,7 +53,7 @@ int open_or_report(const std::string& source, Checkpoint& cp) {
   } catch (const FormatError& e) {
     std::fprintf(stderr, "nemofs: %s: %s\n", source.c_str(), e.what());
     return kExitSourceInvalid;
-  } catch (const IoError& e) {
+  } catch (const SysError& e) {
     std::fprintf(stderr, "nemofs: %s\n", e.what());
     return kExitSourceUnreadable;
   } catch (const std::bad_alloc&) {
@@ -163,6 +164,7 @@ int cmd_mount(const std::vector<std::string>& args) {
 
   Checkpoint cp;
   if (int rc = open_or_report(req.source, cp)) return rc;
+  req.observer = std::make_shared<StateObserver>(req.mountpoint);
   for (const auto& w : cp.warnings) std::fprintf(stderr, "nemofs: %s: warning: %s\n", source_arg.c_str(), w.c_str());
 
   BackendChoice choice;
@@ -190,7 +192,7 @@ int cmd_mount(const std::vector<std::string>& args) {
   so.on_ready = [&state, mp](pid_t pid) {
     state["pid"] = pid;
     try {
-      ::unlink(result_file_for(mp).c_str());
+      io::unlink(result_file_for(mp));
       write_state(mp, state);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "nemofs: warning: %s\n", e.what());

@@ -20,7 +20,7 @@
 // and compare every member's name, type, size and header bytes with the plan, compare the bytes of
 // every rewritten member with their source, call `before_rename` (the journal records the result's
 // identity), rename over the target, fsync the folder. Any failure removes the temporary file and
-// throws CommitError; the target is then untouched. For gzip, the check first inflates the whole
+// throws SysError; the target is then untouched. For gzip, the check first inflates the whole
 // result once (build_gzip_index: every member's CRC-32 and length against its trailer, which
 // libdeflate computed from the bytes it was given), then re-indexes the tar stream through that
 // index; the index is stored in the gzip index cache under the result's identity, so the next
@@ -38,21 +38,12 @@
 #include <vector>
 
 #include "formats/core/byte_source.h"
-#include "formats/gzip/gzip_writer.h"
 #include "formats/tar/tar.h"
 #include "formats/tar/tar_writer.h"
-#include "fs/overlay.h"
+#include "fs/edit/overlay.h"
+#include "fs/edit/sinks.h"
 
 namespace nemofs {
-
-class CommitError : public std::runtime_error {
- public:
-  CommitError(const std::string& what, int err = EIO) : std::runtime_error(what), err_(err) {}
-  int err() const { return err_; }
-
- private:
-  int err_;
-};
 
 struct CommitItem {
   enum class Kind { Verbatim, Member } kind = Kind::Verbatim;
@@ -68,74 +59,6 @@ struct CommitItem {
   int data_fd = -1;
   uint64_t data_off = 0;
   SourcePtr data_src;
-};
-
-// Where the archive's bytes go. Offsets are those of the uncompressed tar stream.
-class ArchiveSink {
- public:
-  virtual ~ArchiveSink() = default;
-  virtual void bytes(const char* p, size_t n) = 0;
-  // `len` bytes of `fd` at `off`.
-  virtual void range(int fd, uint64_t off, uint64_t len) = 0;
-  // `len` bytes of `src` at `off`: range() when they lie in a file, else read through a buffer.
-  virtual void source(const ByteSource& src, uint64_t off, uint64_t len);
-  virtual void finish() = 0;
-  uint64_t offset() const { return offset_; }
-
- protected:
-  uint64_t offset_ = 0;
-};
-
-// A plain tar file: pwrite for bytes, copy_file_range for ranges, holes of the source kept as
-// holes (SEEK_DATA/SEEK_HOLE), ftruncate to the final size at finish.
-//
-// Write-behind: the commit ends in an fsync of the whole file anyway, so writeback is started on
-// every 32 MiB as soon as it is written (sync_file_range) instead of all at the fsync, and the disk
-// writes overlap the copying. Pages more than 128 MiB behind are waited for and dropped from the
-// page cache: the copy then reuses the same few hundred MiB of memory instead of taking 2 GiB of
-// fresh pages for a 2 GiB archive (on a VM, first-touching fresh memory alone can cost more than
-// the copy). The final fsync is unchanged; it finds little left to write.
-struct WriteBehind {
-  uint64_t step = 32ull << 20;  // writeback is started on this much at a time (and copied at a time)
-  uint64_t lag = 128ull << 20;  // what lies this far behind is waited for and dropped
-};
-
-class FileSink final : public ArchiveSink {
- public:
-  FileSink(int fd, std::function<void(uint64_t)> progress, WriteBehind wb = {})
-      : fd_(fd), progress_(std::move(progress)), wb_(wb) {}
-  void bytes(const char* p, size_t n) override;
-  void range(int fd, uint64_t off, uint64_t len) override;
-  void finish() override;
-
- private:
-  void copy_data(int fd, uint64_t off, uint64_t len);
-  void write_behind();  // after offset_ moved on
-  int fd_;
-  std::function<void(uint64_t)> progress_;
-  WriteBehind wb_;
-  std::unique_ptr<char[]> buf_;  // for copying where copy_file_range cannot
-  bool write_behind_ = true;
-  uint64_t wb_started_ = 0;  // writeback started on [0, wb_started_)
-  uint64_t wb_settled_ = 0;  // [0, wb_settled_) is on disk and out of the page cache
-};
-
-// A gzip file of independently compressed chunks (formats/gzip/gzip_writer.h): bytes, ranges and
-// sources are read straight into the current chunk; full chunks are compressed by worker threads
-// and written in order.
-class GzipSink final : public ArchiveSink {
- public:
-  GzipSink(int fd, int level, unsigned threads, std::function<void(uint64_t)> progress);
-  void bytes(const char* p, size_t n) override;
-  void range(int fd, uint64_t off, uint64_t len) override;
-  void source(const ByteSource& src, uint64_t off, uint64_t len) override;
-  void finish() override;
-  uint64_t compressed_size() const { return w_.out_bytes(); }
-
- private:
-  int fd_;
-  std::function<void(uint64_t)> progress_;
-  ChunkedGzipWriter w_;
 };
 
 enum class Compression { None, Gzip };
@@ -155,27 +78,20 @@ struct CommitRequest {
   std::vector<CommitItem> items;
   std::function<void(uint64_t done, uint64_t total)> progress;
   // Called after the result is synced and checked, just before the rename. May throw to abort.
-  std::function<void(const ArchiveIdentity& result)> before_rename;
+  std::function<void(const FileIdentity& result)> before_rename;
 };
 
 struct CommitResult {
-  int fd = -1;            // the result, open and flock'ed (the caller owns it)
+  UniqueFd fd;            // the result, open and flock'ed
   uint64_t bytes = 0;     // size of the result (on disk: compressed for gzip)
   uint64_t tar_bytes = 0;  // size of its tar stream
-  ArchiveIdentity identity;
+  FileIdentity identity;
 };
 
-// Throws CommitError with a one-line message.
+// Throws SysError with a one-line message (its errno: ENOSPC, EIO, ...).
 CommitResult write_archive(const CommitRequest& req);
 
 // Removes `<target>.nemofs-tmp-*` left by a crashed commit (those nobody holds locked).
 void remove_stale_temporaries(const std::string& target_path);
-
-// The YAML check: nullopt when `bytes` parse, else "label:line:column: problem" (1-based).
-std::optional<std::string> check_yaml(const std::string& label, const std::string& bytes);
-
-// Editor and OS junk that is not committed unless asked: vim swap files (.*.sw?), vim's write
-// probe 4913, backup files (*~), .DS_Store, AppleDouble files (._*). `name` is a base name.
-bool is_junk_name(const std::string& name);
 
 }  // namespace nemofs

@@ -28,24 +28,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "formats/core/io.h"
+
 namespace nemofs {
 
-struct ArchiveIdentity {
-  uint64_t dev = 0, ino = 0, size = 0;
-  int64_t mtime_ns = 0;
-  uint64_t sample_hash = 0;
-
-  bool operator==(const ArchiveIdentity&) const = default;
-  // The same archive: equal apart from the device number (which may change across reboots).
-  bool same_archive(const ArchiveIdentity& o) const {
-    return ino == o.ino && size == o.size && mtime_ns == o.mtime_ns && sample_hash == o.sample_hash;
-  }
-  nlohmann::json to_json() const;
-  static ArchiveIdentity from_json(const nlohmann::json& j);
-  // Of an open file (throws std::runtime_error on I/O failure).
-  static ArchiveIdentity of_fd(int fd);
-  std::string describe() const;
-};
+// The archive identity a journal records is a FileIdentity with its sample hash (formats/core/io.h),
+// written as {"dev", "ino", "size", "mtime_ns", "sample_hash"}: ctime is not part of it (a rename
+// into place changes ctime, and journals already on disk do not carry it).
+nlohmann::json identity_to_json(const FileIdentity& id);
+FileIdentity identity_from_json(const nlohmann::json& j);  // throws nlohmann::json::exception
+// Of an open archive, with its sample hash.
+inline FileIdentity archive_identity(int fd) { return FileIdentity::of_fd(fd, true); }
 
 // One namespace entry that differs from the archive (journal.json "nodes").
 struct JournalNode {
@@ -58,14 +51,14 @@ struct JournalNode {
 };
 
 struct Journal {
-  ArchiveIdentity base;                      // the archive the edits apply to
-  std::optional<ArchiveIdentity> committing;  // set while a commit renames its result into place
+  FileIdentity base;                      // the archive the edits apply to
+  std::optional<FileIdentity> committing;  // set while a commit renames its result into place
   std::vector<JournalNode> nodes;            // changed, new and moved entries
   std::vector<std::string> deleted;          // archive paths no longer present
   int64_t next_data = 1;
 
   nlohmann::json to_json() const;
-  static Journal from_json(const nlohmann::json& j);  // throws std::runtime_error
+  static Journal from_json(const nlohmann::json& j);  // throws SysError(EINVAL)
 };
 
 class Overlay {
@@ -74,13 +67,13 @@ class Overlay {
 
   const std::string& dir() const { return dir_; }
   bool exists() const;
-  // nullopt when there is no journal. Throws std::runtime_error when it cannot be read or parsed.
+  // nullopt when there is no journal. Throws SysError when it cannot be read or parsed.
   std::optional<Journal> load() const;
-  // Creates the folder on first use. Throws std::system_error (errno in code()).
+  // Creates the folder on first use. Throws SysError.
   void save(const Journal& j);
-  // Creates data/<id> (O_EXCL) and returns its fd (O_RDWR | O_CLOEXEC).
-  int create_data(int64_t id);
-  int open_data(int64_t id) const;  // -1 with errno when missing
+  // Creates data/<id> (O_EXCL) and returns it open read-write. Throws SysError.
+  UniqueFd create_data(int64_t id);
+  std::optional<UniqueFd> open_data(int64_t id) const;  // nullopt when missing
   std::string data_path(int64_t id) const;
   void remove_data(int64_t id);
   // Removes data files not in `keep` (crash leftovers).
@@ -92,11 +85,5 @@ class Overlay {
   void ensure_dirs();
   std::string dir_;
 };
-
-// fsync of a folder (after a rename or create inside it). Throws on failure.
-void fsync_dir(const std::string& dir);
-// "dir" part and "name" part of a path.
-std::string dir_of(const std::string& path);
-std::string base_of(const std::string& path);
 
 }  // namespace nemofs

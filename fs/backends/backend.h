@@ -1,7 +1,7 @@
 // The interface between the FUSE edge (fuse_server.cpp, the only code that includes
 // <fuse_lowlevel.h>) and what a mount serves. TreeBackend serves the frozen, read-only tree of any
 // checkpoint; the writable .nemo backend layers an overlay on top. Backends speak inode numbers
-// (FUSE_ROOT_ID = 1) and report failures by throwing FsError(errno); the FUSE edge turns every
+// (FUSE_ROOT_ID = 1) and report failures by throwing SysError(errno); the FUSE edge turns every
 // exception into exactly one error reply.
 #pragma once
 
@@ -17,19 +17,11 @@
 #include <string_view>
 #include <vector>
 
+#include "formats/core/errors.h"
+#include "fs/edit/ino.h"
+
 namespace nemofs {
 
-using Ino = uint64_t;
-constexpr Ino kRootIno = 1;
-
-class FsError : public std::runtime_error {
- public:
-  explicit FsError(int err, const std::string& what = {}) : std::runtime_error(what), err_(err) {}
-  int err() const { return err_; }
-
- private:
-  int err_;
-};
 
 struct Entry {
   struct stat attr {};
@@ -94,21 +86,21 @@ class Backend {
   virtual struct statvfs statfs() = 0;
 
   // Mutations: read-only backends refuse with EROFS.
-  virtual Entry setattr(Ino ino, const SetAttrRequest& req, const uint64_t* fh) { throw FsError(EROFS); }
-  virtual size_t write(Ino ino, uint64_t fh, uint64_t off, const char* data, size_t size) { throw FsError(EROFS); }
+  virtual Entry setattr(Ino ino, const SetAttrRequest& req, const uint64_t* fh) { throw SysError(EROFS); }
+  virtual size_t write(Ino ino, uint64_t fh, uint64_t off, const char* data, size_t size) { throw SysError(EROFS); }
   virtual Entry create(Ino parent, std::string_view name, mode_t mode, int flags, OpenResult& out) {
-    throw FsError(EROFS);
+    throw SysError(EROFS);
   }
-  virtual Entry mknod(Ino parent, std::string_view name, mode_t mode, dev_t rdev) { throw FsError(EROFS); }
-  virtual Entry mkdir(Ino parent, std::string_view name, mode_t mode) { throw FsError(EROFS); }
-  virtual void unlink(Ino parent, std::string_view name) { throw FsError(EROFS); }
-  virtual void rmdir(Ino parent, std::string_view name) { throw FsError(EROFS); }
+  virtual Entry mknod(Ino parent, std::string_view name, mode_t mode, dev_t rdev) { throw SysError(EROFS); }
+  virtual Entry mkdir(Ino parent, std::string_view name, mode_t mode) { throw SysError(EROFS); }
+  virtual void unlink(Ino parent, std::string_view name) { throw SysError(EROFS); }
+  virtual void rmdir(Ino parent, std::string_view name) { throw SysError(EROFS); }
   virtual void rename(Ino parent, std::string_view name, Ino newparent, std::string_view newname, unsigned flags) {
-    throw FsError(EROFS);
+    throw SysError(EROFS);
   }
-  virtual Entry symlink(std::string_view target, Ino parent, std::string_view name) { throw FsError(EROFS); }
-  virtual std::string readlink(Ino ino) { throw FsError(EINVAL); }
-  virtual Entry link(Ino ino, Ino newparent, std::string_view newname) { throw FsError(EROFS); }
+  virtual Entry symlink(std::string_view target, Ino parent, std::string_view name) { throw SysError(EROFS); }
+  virtual std::string readlink(Ino ino) { throw SysError(EINVAL); }
+  virtual Entry link(Ino ino, Ino newparent, std::string_view newname) { throw SysError(EROFS); }
   virtual void flush(Ino ino, uint64_t fh) {}
   virtual void fsync(Ino ino, uint64_t fh, bool datasync) {}
   // Extended attributes: only setxattr, as a control call (e.g. `nemofs commit`), and only when
@@ -116,7 +108,7 @@ class Backend {
   // learns (ENOSYS) never to ask: `ls -l` otherwise pays two round trips per file for
   // security.selinux / posix ACL lookups that the kernel cannot cache.
   virtual bool has_control_setxattr() const { return false; }
-  virtual void setxattr(Ino ino, std::string_view name, std::string_view value, int flags) { throw FsError(ENOTSUP); }
+  virtual void setxattr(Ino ino, std::string_view name, std::string_view value, int flags) { throw SysError(ENOTSUP); }
 
   // Called once when the kernel connection ends (unmount), from the FUSE loop's thread, after the
   // last request. The writable backend commits here.

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "formats/core/tree.h"
-#include "fs/backend.h"
+#include "fs/backends/backend.h"
 
 namespace nemofs {
 

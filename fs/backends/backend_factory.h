@@ -7,7 +7,8 @@
 #include <string>
 
 #include "formats/detect/checkpoint.h"
-#include "fs/backend.h"
+#include "fs/backends/backend.h"
+#include "fs/edit/observer.h"
 
 namespace nemofs {
 
@@ -16,6 +17,7 @@ struct MountRequest {
   std::string mountpoint;  // real path of MOUNTPOINT
   bool read_only = false;  // -o ro
   std::map<std::string, std::string> nemofs_options;  // e.g. output=PATH
+  std::shared_ptr<EditObserver> observer;             // a writable mount's pending edits and commits
 };
 
 struct BackendChoice {
@@ -24,7 +26,7 @@ struct BackendChoice {
   std::string mode;  // "ro" or "rw", for status
 };
 
-// Throws FormatError/IoError/std::runtime_error with a one-line message when the mount must be
+// Throws FormatError/SysError with a one-line message when the mount must be
 // refused (e.g. a second writable mount of the same archive).
 BackendChoice make_backend(Checkpoint& cp, const MountRequest& req);
 

@@ -1,4 +1,4 @@
-#include "fs/inspect.h"
+#include "fs/cli/inspect.h"
 
 #include <optional>
 

@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-#include "fs/cli.h"
+#include "fs/cli/cli.h"
 
 #ifndef NEMOFS_VERSION
 #define NEMOFS_VERSION "0.0.0"

@@ -14,6 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fs/edit/observer.h"
+
 namespace nemofs {
 
 std::string state_dir();  // created (0700) if missing
@@ -35,7 +37,18 @@ struct MountInfo {
 std::vector<MountInfo> nemofs_mounts();
 bool is_nemofs_mount(const std::string& mountpoint_realpath);
 
-// Writes a file atomically (temp + rename).
-void write_file_atomic(const std::string& path, const std::string& body);
+// The state files of one mount, kept up to date by its edit session (pending edits, commit
+// progress, the outcome of `nemofs commit`).
+class StateObserver final : public EditObserver {
+ public:
+  explicit StateObserver(std::string mountpoint_realpath) : mp_(std::move(mountpoint_realpath)) {}
+  void pending_edits(size_t n) override;
+  void progress(uint64_t done, uint64_t total, const std::string& target) override;
+  void progress_done() override;
+  void commit_outcome(bool ok, const std::string& message) override;
+
+ private:
+  std::string mp_;
+};
 
 }  // namespace nemofs

@@ -1,4 +1,4 @@
-#include "fs/progress.h"
+#include "fs/cli/progress.h"
 
 #include <unistd.h>
 
@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "fs/state.h"
+#include "fs/cli/state.h"
 
 namespace nemofs {
 

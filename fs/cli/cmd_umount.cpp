@@ -14,9 +14,9 @@
 #include <iostream>
 #include <thread>
 
-#include "fs/cli.h"
-#include "fs/progress.h"
-#include "fs/state.h"
+#include "fs/cli/cli.h"
+#include "fs/cli/progress.h"
+#include "fs/cli/state.h"
 
 namespace nemofs {
 namespace {

@@ -1,0 +1,294 @@
+#include "formats/core/io.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "formats/core/errors.h"
+#include "formats/core/hash.h"
+
+namespace nemofs {
+
+void UniqueFd::reset(int fd) {
+  // close(2) is not retried on EINTR: on Linux the descriptor is gone whatever it returns.
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+namespace io {
+namespace {
+
+std::atomic<FaultHook> g_hook{nullptr};
+
+// Runs before each step that changes a file: a test hook may fail it (or end the process).
+void step(Step s, const std::string& what) {
+  FaultHook h = g_hook.load(std::memory_order_relaxed);
+  if (!h) return;
+  if (int err = h(s, what.c_str())) throw_sys(err, what);
+}
+
+template <typename F>
+auto retry(F&& f) {
+  for (;;) {
+    auto r = f();
+    if (r >= 0 || errno != EINTR) return r;
+  }
+}
+
+}  // namespace
+
+const char* step_name(Step s) {
+  switch (s) {
+    case Step::Create: return "create";
+    case Step::Write: return "write";
+    case Step::Copy: return "copy";
+    case Step::Truncate: return "truncate";
+    case Step::Fsync: return "fsync";
+    case Step::Rename: return "rename";
+    case Step::Unlink: return "unlink";
+    case Step::DirFsync: return "directory fsync";
+    case Step::Mkdir: return "mkdir";
+  }
+  return "?";
+}
+
+void set_fault_hook(FaultHook hook) { g_hook.store(hook); }
+
+UniqueFd open(const std::string& path, int flags, mode_t mode) {
+  if (flags & O_CREAT) step(Step::Create, path);
+  int fd = retry([&] { return ::open(path.c_str(), flags | O_CLOEXEC, mode); });
+  if (fd < 0) throw_sys(errno, path + ": open");
+  return UniqueFd(fd);
+}
+
+std::optional<UniqueFd> open_if_exists(const std::string& path, int flags, mode_t mode) {
+  if (flags & O_CREAT) step(Step::Create, path);
+  int fd = retry([&] { return ::open(path.c_str(), flags | O_CLOEXEC, mode); });
+  if (fd < 0) {
+    if (errno == ENOENT) return std::nullopt;
+    throw_sys(errno, path + ": open");
+  }
+  return UniqueFd(fd);
+}
+
+UniqueFd create_temp(const std::string& prefix, std::string& path) {
+  step(Step::Create, prefix);
+  std::vector<char> name(prefix.begin(), prefix.end());
+  for (int i = 0; i < 6; ++i) name.push_back('X');
+  name.push_back('\0');
+  int fd = ::mkostemp(name.data(), O_CLOEXEC);
+  if (fd < 0) throw_sys(errno, "cannot create a file in " + dir_of(prefix));
+  path = name.data();
+  return UniqueFd(fd);
+}
+
+size_t pread_full(int fd, void* buf, size_t len, uint64_t off, const std::string& what) {
+  auto* p = static_cast<char*>(buf);
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = retry([&] { return ::pread(fd, p + done, len - done, static_cast<off_t>(off + done)); });
+    if (n < 0) throw_sys(errno, what);
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+void pread_exact(int fd, void* buf, size_t len, uint64_t off, const std::string& what) {
+  if (pread_full(fd, buf, len, off, what) != len)
+    throw SysError(EIO, what + ": the file shrank (read past its end)");
+}
+
+std::optional<std::string> read_file(const std::string& path) {
+  auto fd = open_if_exists(path, O_RDONLY);
+  if (!fd) return std::nullopt;
+  std::string body;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = retry([&] { return ::read(fd->get(), buf, sizeof buf); });
+    if (n < 0) throw_sys(errno, path + ": read");
+    if (n == 0) break;
+    body.append(buf, static_cast<size_t>(n));
+  }
+  return body;
+}
+
+void pwrite_full(int fd, const void* buf, size_t len, uint64_t off, const std::string& what) {
+  step(Step::Write, what);
+  const auto* p = static_cast<const char*>(buf);
+  while (len) {
+    ssize_t n = retry([&] { return ::pwrite(fd, p, len, static_cast<off_t>(off)); });
+    if (n < 0) throw_sys(errno, what);
+    if (n == 0) throw_sys(ENOSPC, what);
+    p += n;
+    len -= static_cast<size_t>(n);
+    off += static_cast<uint64_t>(n);
+  }
+}
+
+void write_full(int fd, const void* buf, size_t len, const std::string& what) {
+  step(Step::Write, what);
+  const auto* p = static_cast<const char*>(buf);
+  while (len) {
+    ssize_t n = retry([&] { return ::write(fd, p, len); });
+    if (n < 0) throw_sys(errno, what);
+    if (n == 0) throw_sys(ENOSPC, what);
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+}
+
+void ftruncate(int fd, uint64_t size, const std::string& what) {
+  step(Step::Truncate, what);
+  if (retry([&] { return ::ftruncate(fd, static_cast<off_t>(size)); }) != 0) throw_sys(errno, what);
+}
+
+void fsync(int fd, const std::string& what) {
+  step(Step::Fsync, what);
+  if (::fsync(fd) != 0) throw_sys(errno, what);
+}
+
+void fdatasync(int fd, const std::string& what) {
+  step(Step::Fsync, what);
+  if (::fdatasync(fd) != 0) throw_sys(errno, what);
+}
+
+void fsync_dir(const std::string& dir) {
+  step(Step::DirFsync, dir);
+  UniqueFd fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (::fsync(fd.get()) != 0) throw_sys(errno, dir + ": fsync");
+}
+
+void rename(const std::string& from, const std::string& to) {
+  step(Step::Rename, to);
+  if (::rename(from.c_str(), to.c_str()) != 0) throw_sys(errno, "rename to " + to);
+}
+
+void unlink(const std::string& path, bool strict) {
+  step(Step::Unlink, path);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT && strict) throw_sys(errno, path + ": unlink");
+}
+
+bool mkdir(const std::string& path, mode_t mode) {
+  step(Step::Mkdir, path);
+  if (::mkdir(path.c_str(), mode) == 0) return true;
+  if (errno != EEXIST) throw_sys(errno, "cannot create the folder " + path);
+  return false;
+}
+
+uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, const std::string& what) {
+  step(Step::Copy, what);
+  uint64_t done = 0;
+  bool kernel = true;
+  // Allocated once per thread, on the first copy the kernel cannot do: a commit copies piece by
+  // piece, and a fresh buffer per piece cost more than the copy on small pieces.
+  thread_local std::unique_ptr<char[]> buf;
+  constexpr size_t kPiece = 4 << 20;
+  while (done < len) {
+    if (kernel) {
+      loff_t i = static_cast<loff_t>(in_off + done), o = static_cast<loff_t>(out_off + done);
+      size_t want = static_cast<size_t>(std::min<uint64_t>(len - done, 1ull << 30));
+      ssize_t n = retry([&] { return ::copy_file_range(in, &i, out, &o, want, 0); });
+      if (n > 0) {
+        done += static_cast<uint64_t>(n);
+        continue;
+      }
+      if (n == 0) break;  // the source ended
+      // Filesystems (or pairs of them) without copy_file_range: copy through a buffer instead.
+      if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) throw_sys(errno, what);
+      kernel = false;
+    }
+    if (!buf) buf.reset(new char[kPiece]);
+    size_t want = static_cast<size_t>(std::min<uint64_t>(len - done, kPiece));
+    size_t got = pread_full(in, buf.get(), want, in_off + done, what);
+    if (got == 0) break;
+    const char* p = buf.get();
+    uint64_t at = out_off + done;
+    for (size_t left = got; left;) {
+      ssize_t n = retry([&] { return ::pwrite(out, p, left, static_cast<off_t>(at)); });
+      if (n < 0) throw_sys(errno, what);
+      if (n == 0) throw_sys(ENOSPC, what);
+      p += n;
+      at += static_cast<uint64_t>(n);
+      left -= static_cast<size_t>(n);
+    }
+    done += got;
+    if (got < want) break;
+  }
+  return done;
+}
+
+void replace_file(const std::string& path, const std::string& body, mode_t mode, bool durable) {
+  std::string tmp;
+  UniqueFd fd = create_temp(path + ".tmp.", tmp);
+  try {
+    if (::fchmod(fd.get(), mode) != 0) throw_sys(errno, tmp + ": chmod");
+    write_full(fd.get(), body.data(), body.size(), tmp);
+    if (durable) fsync(fd.get(), tmp + ": fsync");
+    fd.reset();
+    rename(tmp, path);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  if (durable) fsync_dir(dir_of(path));
+}
+
+std::string dir_of(const std::string& path) {
+  auto s = path.rfind('/');
+  if (s == std::string::npos) return ".";
+  if (s == 0) return "/";
+  return path.substr(0, s);
+}
+
+std::string base_of(const std::string& path) {
+  auto s = path.rfind('/');
+  return s == std::string::npos ? path : path.substr(s + 1);
+}
+
+}  // namespace io
+
+namespace {
+int64_t ns_of(const timespec& ts) { return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec; }
+}  // namespace
+
+FileIdentity FileIdentity::of_stat(const struct stat& st) {
+  FileIdentity id;
+  id.dev = static_cast<uint64_t>(st.st_dev);
+  id.ino = static_cast<uint64_t>(st.st_ino);
+  id.size = static_cast<uint64_t>(st.st_size);
+  id.mtime_ns = ns_of(st.st_mtim);
+  id.ctime_ns = ns_of(st.st_ctim);
+  return id;
+}
+
+FileIdentity FileIdentity::of_fd(int fd, bool sample) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw_sys(errno, "fstat");
+  FileIdentity id = of_stat(st);
+  if (sample) {
+    constexpr size_t kSample = 64 * 1024;
+    std::vector<unsigned char> buf(kSample);
+    uint64_t h = kFnvOffset;
+    for (uint64_t at : {uint64_t{0}, id.size > kSample ? id.size - kSample : uint64_t{0}}) {
+      size_t n = io::pread_full(fd, buf.data(), kSample, at);
+      h = fnv1a(h, buf.data(), n);
+    }
+    id.sample_hash = h;
+  }
+  return id;
+}
+
+std::string FileIdentity::describe() const {
+  return "size " + std::to_string(size) + ", inode " + std::to_string(ino) + ", mtime " +
+         std::to_string(mtime_ns / 1000000000);
+}
+
+}  // namespace nemofs
