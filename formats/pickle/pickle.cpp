@@ -11,6 +11,7 @@
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/pickle/opcodes.h"
 
 namespace nemofs::pickle {
 namespace {
@@ -135,80 +136,6 @@ constexpr NameMap kNameMap[] = {
 
 // ---------------------------------------------------------------------------------------------
 
-const char* opname(uint8_t op) {
-  switch (op) {
-    case 0x80: return "PROTO";
-    case 0x95: return "FRAME";
-    case '.': return "STOP";
-    case '(': return "MARK";
-    case '0': return "POP";
-    case '1': return "POP_MARK";
-    case '2': return "DUP";
-    case 'I': return "INT";
-    case 'J': return "BININT";
-    case 'K': return "BININT1";
-    case 'M': return "BININT2";
-    case 'L': return "LONG";
-    case 0x8a: return "LONG1";
-    case 0x8b: return "LONG4";
-    case 'F': return "FLOAT";
-    case 'G': return "BINFLOAT";
-    case 'S': return "STRING";
-    case 'T': return "BINSTRING";
-    case 'U': return "SHORT_BINSTRING";
-    case 'V': return "UNICODE";
-    case 'X': return "BINUNICODE";
-    case 0x8c: return "SHORT_BINUNICODE";
-    case 0x8d: return "BINUNICODE8";
-    case 'B': return "BINBYTES";
-    case 'C': return "SHORT_BINBYTES";
-    case 0x8e: return "BINBYTES8";
-    case 0x96: return "BYTEARRAY8";
-    case 'N': return "NONE";
-    case 0x88: return "NEWTRUE";
-    case 0x89: return "NEWFALSE";
-    case ']': return "EMPTY_LIST";
-    case 'a': return "APPEND";
-    case 'e': return "APPENDS";
-    case 'l': return "LIST";
-    case ')': return "EMPTY_TUPLE";
-    case 't': return "TUPLE";
-    case 0x85: return "TUPLE1";
-    case 0x86: return "TUPLE2";
-    case 0x87: return "TUPLE3";
-    case '}': return "EMPTY_DICT";
-    case 'd': return "DICT";
-    case 's': return "SETITEM";
-    case 'u': return "SETITEMS";
-    case 0x8f: return "EMPTY_SET";
-    case 0x90: return "ADDITEMS";
-    case 0x91: return "FROZENSET";
-    case 'g': return "GET";
-    case 'h': return "BINGET";
-    case 'j': return "LONG_BINGET";
-    case 'p': return "PUT";
-    case 'q': return "BINPUT";
-    case 'r': return "LONG_BINPUT";
-    case 0x94: return "MEMOIZE";
-    case 'c': return "GLOBAL";
-    case 0x93: return "STACK_GLOBAL";
-    case 'R': return "REDUCE";
-    case 'b': return "BUILD";
-    case 0x81: return "NEWOBJ";
-    case 0x92: return "NEWOBJ_EX";
-    case 'o': return "OBJ";
-    case 'i': return "INST";
-    case 'P': return "PERSID";
-    case 'Q': return "BINPERSID";
-    case 0x82: return "EXT1";
-    case 0x83: return "EXT2";
-    case 0x84: return "EXT4";
-    case 0x97: return "NEXT_BUFFER";
-    case 0x98: return "READONLY_BUFFER";
-  }
-  return nullptr;
-}
-
 const char* kind_name(Kind k) {
   switch (k) {
     case Kind::None: return "None";
@@ -317,14 +244,14 @@ class Reader {
   uint64_t left() const { return pos_ < end_ ? end_ - pos_ : 0; }
 
   // Throws the "truncated" error for an inline argument of n bytes.
-  void need(uint64_t n, uint64_t op_at, uint8_t op) const {
+  void need(uint64_t n, uint64_t op_at, Op op) const {
     if (n > left())
-      throw FormatError(kFmt, op_at, std::string("truncated: ") + opname(op) + " needs " + std::to_string(n) +
+      throw FormatError(kFmt, op_at, std::string("truncated: ") + op_name(op) + " needs " + std::to_string(n) +
                                          " bytes of argument, only " + std::to_string(left()) + " left");
   }
-  void length_ok(uint64_t n, uint64_t op_at, uint8_t op) const {
+  void length_ok(uint64_t n, uint64_t op_at, Op op) const {
     if (n > left())
-      throw FormatError(kFmt, op_at, std::string(opname(op)) + " length " + std::to_string(n) +
+      throw FormatError(kFmt, op_at, std::string(op_name(op)) + " length " + std::to_string(n) +
                                          " exceeds the " + std::to_string(left()) + " bytes left in the stream");
   }
 
@@ -363,15 +290,15 @@ class Reader {
   void skip(uint64_t n) { pos_ += n; }
 
   // A '\n'-terminated line (without the '\n').
-  std::string line(size_t max, uint64_t op_at, uint8_t op) {
+  std::string line(size_t max, uint64_t op_at, Op op) {
     std::string s;
     while (true) {
       if (at_end())
-        throw FormatError(kFmt, op_at, std::string("truncated: ") + opname(op) + " argument has no end of line");
+        throw FormatError(kFmt, op_at, std::string("truncated: ") + op_name(op) + " argument has no end of line");
       char c = static_cast<char>(byte());
       if (c == '\n') return s;
       if (s.size() >= max)
-        throw FormatError(kFmt, op_at, std::string(opname(op)) + " argument line is longer than " + std::to_string(max) + " bytes");
+        throw FormatError(kFmt, op_at, std::string(op_name(op)) + " argument line is longer than " + std::to_string(max) + " bytes");
       s += c;
     }
   }
@@ -484,7 +411,7 @@ class Machine {
   void need_stack(size_t n) const {
     size_t have = stack_.size() - frame_base();
     if (have < n)
-      fail(std::string("stack underflow: ") + opname(op_) + " needs " + std::to_string(n) + " value" +
+      fail(std::string("stack underflow: ") + op_name(op_) + " needs " + std::to_string(n) + " value" +
            (n == 1 ? "" : "s") + ", the stack has " + std::to_string(have) + (marks_.empty() ? "" : " above the last MARK"));
   }
   Value* pop() {
@@ -500,7 +427,7 @@ class Machine {
   // The values above the last MARK stay on the stack (callers read them at [base, size()) and
   // then drop them with stack_.resize(base)); returns base.
   size_t pop_mark() {
-    if (marks_.empty()) fail(std::string("MARK missing: ") + opname(op_) + " needs a MARK on the stack");
+    if (marks_.empty()) fail(std::string("MARK missing: ") + op_name(op_) + " needs a MARK on the stack");
     size_t base = marks_.back();
     marks_.pop_back();
     return base;
@@ -537,14 +464,14 @@ class Machine {
   void memo_put(uint64_t idx) {
     Value* v = top();
     if (idx >= limits_.max_memo || idx > memo_.size() + 65536 || idx > input_len_)
-      fail(std::string("memo index ") + std::to_string(idx) + " is out of range (" + opname(op_) + ")");
+      fail(std::string("memo index ") + std::to_string(idx) + " is out of range (" + op_name(op_) + ")");
     if (idx >= memo_.size()) memo_.resize(idx + 1, nullptr);
     if (!memo_[idx]) ++memo_count_;
     memo_[idx] = v;
   }
   Value* memo_get(uint64_t idx) {
     if (idx >= memo_.size() || !memo_[idx])
-      fail(std::string("memo index ") + std::to_string(idx) + " was never stored (" + opname(op_) + ")");
+      fail(std::string("memo index ") + std::to_string(idx) + " was never stored (" + op_name(op_) + ")");
     return memo_[idx];
   }
 
@@ -552,7 +479,7 @@ class Machine {
     uint64_t v = 0;
     auto r = std::from_chars(line.data(), line.data() + line.size(), v);
     if (r.ec != std::errc() || r.ptr != line.data() + line.size())
-      fail(std::string(opname(op_)) + " argument '" + line.substr(0, 40) + "' is not a memo index");
+      fail(std::string(op_name(op_)) + " argument '" + line.substr(0, 40) + "' is not a memo index");
     return v;
   }
 
@@ -585,7 +512,7 @@ class Machine {
   size_t memo_count_ = 0;
   std::unordered_map<std::string, Value*> globals_;
   uint64_t op_at_ = 0;
-  uint8_t op_ = 0;
+  Op op_{};
 };
 
 Value* Machine::int_from_decimal(std::string text) {
@@ -596,11 +523,11 @@ Value* Machine::int_from_decimal(std::string text) {
   bool neg = false;
   size_t i = 0;
   if (i < text.size() && (text[i] == '-' || text[i] == '+')) neg = text[i++] == '-';
-  if (i == text.size()) fail(std::string(opname(op_)) + " argument is not an integer");
+  if (i == text.size()) fail(std::string(op_name(op_)) + " argument is not an integer");
   for (size_t k = i; k < text.size(); ++k)
-    if (text[k] < '0' || text[k] > '9') fail(std::string(opname(op_)) + " argument '" + text.substr(0, 40) + "' is not an integer");
+    if (text[k] < '0' || text[k] > '9') fail(std::string(op_name(op_)) + " argument '" + text.substr(0, 40) + "' is not an integer");
   if (text.size() - i > limits_.max_int_bytes * 5 / 2)
-    fail(std::string(opname(op_)) + " integer has more than " + std::to_string(limits_.max_int_bytes * 5 / 2) + " digits");
+    fail(std::string(op_name(op_)) + " integer has more than " + std::to_string(limits_.max_int_bytes * 5 / 2) + " digits");
   int64_t v = 0;
   auto r = std::from_chars(text.data() + (text[0] == '+' ? 1 : 0), text.data() + text.size(), v);
   if (r.ec == std::errc() && r.ptr == text.data() + text.size()) return make_int(v);
@@ -687,7 +614,7 @@ Value* Machine::resolve_global_uncached(std::string module, std::string name) {
 
 const Seq<Value*>& Machine::seq_items(Value* v) const {
   if (v->is(Kind::Tuple) || v->is(Kind::List)) return v->items;
-  fail(std::string(opname(op_)) + " arguments are a " + kind_name(v->kind) + ", not a tuple");
+  fail(std::string(op_name(op_)) + " arguments are a " + kind_name(v->kind) + ", not a tuple");
 }
 
 Value* Machine::encode(const Value* s, const Value* enc) {
@@ -843,24 +770,24 @@ Value* Machine::call(Value* callable, Value* args, Value* kwargs, bool newobj) {
 
 void Machine::add_items(Value* target, Value* const* items, size_t n) {
   Seq<Value*>* dst = nullptr;
-  if (op_ == 0x90) {  // ADDITEMS
+  if (op_ == Op::ADDITEMS) {
     if (target->is(Kind::Set)) dst = &target->items;
   } else if (target->is(Kind::List)) {
     dst = &target->items;
   }
   if (!dst && target->is(Kind::Object)) dst = &extra(target).listitems;
   if (!dst)
-    fail(std::string(opname(op_)) + " target is a " + kind_name(target->kind) + ", not a " +
-         (op_ == 0x90 ? "set" : "list"));
+    fail(std::string(op_name(op_)) + " target is a " + kind_name(target->kind) + ", not a " +
+         (op_ == Op::ADDITEMS ? "set" : "list"));
   for (size_t i = 0; i < n; ++i) nest(target, items[i]);
   append(*dst, items, n);
 }
 
 void Machine::set_items(Value* target, Value* const* kv, size_t n) {
-  if (n % 2) fail(std::string(opname(op_)) + " has an odd number of items (a key without a value)");
+  if (n % 2) fail(std::string(op_name(op_)) + " has an odd number of items (a key without a value)");
   Seq<Item>* dst = nullptr;
   if (target->is(Kind::Dict) || target->is(Kind::Object)) dst = &target->entries;
-  if (!dst) fail(std::string(opname(op_)) + " target is a " + kind_name(target->kind) + ", not a dict");
+  if (!dst) fail(std::string(op_name(op_)) + " target is a " + kind_name(target->kind) + ", not a dict");
   for (size_t k = 0; k < n; ++k) nest(target, kv[k]);
   static_assert(sizeof(Item) == 2 * sizeof(Value*));
   // Key/value pairs on the stack have the layout of Items; copied one by one to stay portable.
@@ -944,37 +871,37 @@ Document Machine::run() {
   while (true) {
     op_at_ = in_.pos();
     if (in_.at_end()) throw FormatError(kFmt, op_at_, "truncated: the stream ends before STOP");
-    op_ = in_.byte();
+    op_ = static_cast<Op>(in_.byte());
     switch (op_) {
-      case 0x80: {  // PROTO
+      case Op::PROTO: {
         uint8_t v = arg_byte();
         if (v > 5) fail("unsupported pickle protocol " + std::to_string(v) + " (0-5 are known)");
         break;
       }
-      case 0x95: {  // FRAME: framing is only a read-ahead hint
+      case Op::FRAME: {  // framing is only a read-ahead hint
         uint64_t n = arg<uint64_t>();
         in_.length_ok(n, op_at_, op_);
         break;
       }
-      case '.': {  // STOP
+      case Op::STOP: {
         Value* v = pop();
         return Document{arena_, v, in_.pos()};
       }
-      case '(':
+      case Op::MARK:
         marks_.push_back(stack_.size());
         if (marks_.size() > limits_.max_stack) fail("too many MARKs");
         break;
-      case '0':  // POP
+      case Op::POP:
         if (stack_.size() > frame_base()) stack_.pop_back();
         else stack_.resize(pop_mark());
         break;
-      case '1':  // POP_MARK
+      case Op::POP_MARK:
         stack_.resize(pop_mark());
         break;
-      case '2':  // DUP
+      case Op::DUP:
         push(top());
         break;
-      case 'I': {
+      case Op::INT: {
         std::string s = in_.line(limits_.max_line, op_at_, op_);
         if (s == "00" || s == "01") {
           push(make_bool(s == "01"));
@@ -983,27 +910,27 @@ Document Machine::run() {
         }
         break;
       }
-      case 'J': {
+      case Op::BININT: {
         push(make_int(arg<int32_t>()));
         break;
       }
-      case 'K':
+      case Op::BININT1:
         push(make_int(arg_byte()));
         break;
-      case 'M': {
+      case Op::BININT2: {
         push(make_int(arg<uint16_t>()));
         break;
       }
-      case 'L': {
+      case Op::LONG: {
         std::string s = in_.line(limits_.max_line, op_at_, op_);
         if (!s.empty() && (s.back() == 'L' || s.back() == 'l')) s.pop_back();
         push(int_from_decimal(s));
         break;
       }
-      case 0x8a:
-      case 0x8b: {  // LONG1 / LONG4
+      case Op::LONG1:
+      case Op::LONG4: {
         uint64_t n;
-        if (op_ == 0x8a) {
+        if (op_ == Op::LONG1) {
           n = arg_byte();
         } else {
           int32_t len = arg<int32_t>();
@@ -1012,12 +939,12 @@ Document Machine::run() {
         }
         in_.length_ok(n, op_at_, op_);
         if (n > limits_.max_int_bytes)
-          fail(std::string(opname(op_)) + " integer of " + std::to_string(n) + " bytes is larger than the " +
+          fail(std::string(op_name(op_)) + " integer of " + std::to_string(n) + " bytes is larger than the " +
                std::to_string(limits_.max_int_bytes) + "-byte limit");
         push(int_from_le(in_.take(static_cast<size_t>(n))));
         break;
       }
-      case 'F': {
+      case Op::FLOAT: {
         std::string s = in_.line(limits_.max_line, op_at_, op_);
         double d = 0;
         const char* b = s.data();
@@ -1031,7 +958,7 @@ Document Machine::run() {
         push(v);
         break;
       }
-      case 'G': {
+      case Op::BINFLOAT: {
         in_.need(8, op_at_, op_);
         unsigned char b[8];
         in_.copy(b, 8);
@@ -1042,15 +969,15 @@ Document Machine::run() {
         push(v);
         break;
       }
-      case 'S': {
+      case Op::STRING: {
         std::string s = decode_string_escape(in_.line(limits_.max_line, op_at_, op_));
         push(valid_utf8(s) ? make_str(std::string_view(s)) : make_bytes(std::string_view(s)));
         break;
       }
-      case 'T':
-      case 'U': {  // BINSTRING / SHORT_BINSTRING: Python 2 str
+      case Op::BINSTRING:
+      case Op::SHORT_BINSTRING: {  // a Python 2 str: text when it decodes, else bytes
         uint64_t n;
-        if (op_ == 'U') {
+        if (op_ == Op::SHORT_BINSTRING) {
           n = arg_byte();
         } else {
           int32_t len = arg<int32_t>();
@@ -1062,45 +989,45 @@ Document Machine::run() {
         push(valid_utf8(s) ? make_str(s) : make_bytes(s));
         break;
       }
-      case 'V':
+      case Op::UNICODE:
         push(make_str(std::string_view(decode_raw_unicode_escape(in_.line(limits_.max_line, op_at_, op_)))));
         break;
-      case 'X':
-      case 0x8c:
-      case 0x8d:
-      case 'B':
-      case 'C':
-      case 0x8e:
-      case 0x96: {
-        uint64_t n = (op_ == 0x8c || op_ == 'C')  ? arg_byte()
-                     : (op_ == 'X' || op_ == 'B') ? arg<uint32_t>()
-                                                  : arg<uint64_t>();
+      case Op::BINUNICODE:
+      case Op::SHORT_BINUNICODE:
+      case Op::BINUNICODE8:
+      case Op::BINBYTES:
+      case Op::SHORT_BINBYTES:
+      case Op::BINBYTES8:
+      case Op::BYTEARRAY8: {
+        uint64_t n = (op_ == Op::SHORT_BINUNICODE || op_ == Op::SHORT_BINBYTES) ? arg_byte()
+                     : (op_ == Op::BINUNICODE || op_ == Op::BINBYTES)           ? arg<uint32_t>()
+                                                                                : arg<uint64_t>();
         in_.length_ok(n, op_at_, op_);
         Text s = in_.take(static_cast<size_t>(n), *arena_);
-        bool text = op_ == 'X' || op_ == 0x8c || op_ == 0x8d;
+        bool text = op_ == Op::BINUNICODE || op_ == Op::SHORT_BINUNICODE || op_ == Op::BINUNICODE8;
         push(text ? make_str(s) : make_bytes(s));
         break;
       }
-      case 'N':
+      case Op::NONE:
         push(shared(none_, Kind::None));
         break;
-      case 0x88:
-      case 0x89:
-        push(make_bool(op_ == 0x88));
+      case Op::NEWTRUE:
+      case Op::NEWFALSE:
+        push(make_bool(op_ == Op::NEWTRUE));
         break;
-      case ']':
+      case Op::EMPTY_LIST:
         push(make(Kind::List));
         break;
-      case ')':
+      case Op::EMPTY_TUPLE:
         push(shared(empty_tuple_, Kind::Tuple));
         break;
-      case '}':
+      case Op::EMPTY_DICT:
         push(make(Kind::Dict));
         break;
-      case 0x8f:
+      case Op::EMPTY_SET:
         push(make(Kind::Set));
         break;
-      case 'l':
+      case Op::LIST:
         {
           size_t base = pop_mark();
           Value* v = make_seq(Kind::List, from(base), above(base));
@@ -1108,7 +1035,7 @@ Document Machine::run() {
           push(v);
         }
         break;
-      case 't':
+      case Op::TUPLE:
         {
           size_t base = pop_mark();
           Value* v = make_seq(Kind::Tuple, from(base), above(base));
@@ -1116,7 +1043,7 @@ Document Machine::run() {
           push(v);
         }
         break;
-      case 0x91:
+      case Op::FROZENSET:
         {
           size_t base = pop_mark();
           Value* v = make_seq(Kind::FrozenSet, from(base), above(base));
@@ -1124,10 +1051,10 @@ Document Machine::run() {
           push(v);
         }
         break;
-      case 0x85:
-      case 0x86:
-      case 0x87: {
-        size_t n = static_cast<size_t>(op_ - 0x84);
+      case Op::TUPLE1:
+      case Op::TUPLE2:
+      case Op::TUPLE3: {
+        size_t n = op_ == Op::TUPLE1 ? 1 : op_ == Op::TUPLE2 ? 2 : 3;
         need_stack(n);
         size_t base = stack_.size() - n;
         Value* v = make_seq(Kind::Tuple, from(base), n);
@@ -1135,7 +1062,7 @@ Document Machine::run() {
         push(v);
         break;
       }
-      case 'd': {
+      case Op::DICT: {
         size_t base = pop_mark();
         Value* d = make(Kind::Dict);
         set_items(d, from(base), above(base));
@@ -1143,14 +1070,14 @@ Document Machine::run() {
         push(d);
         break;
       }
-      case 'a': {
+      case Op::APPEND: {
         need_stack(2);
         Value* x = pop();
         add_items(top(), &x, 1);
         break;
       }
-      case 'e':
-      case 0x90: {
+      case Op::APPENDS:
+      case Op::ADDITEMS: {
         size_t base = pop_mark();
         std::vector<Value*>& items = scratch_;
         items.assign(from(base), from(base) + above(base));
@@ -1158,7 +1085,7 @@ Document Machine::run() {
         add_items(top(), items.data(), items.size());
         break;
       }
-      case 's': {
+      case Op::SETITEM: {
         need_stack(3);
         Value* kv[2];
         kv[1] = pop();
@@ -1166,7 +1093,7 @@ Document Machine::run() {
         set_items(top(), kv, 2);
         break;
       }
-      case 'u': {
+      case Op::SETITEMS: {
         size_t base = pop_mark();
         std::vector<Value*>& kv = scratch_;
         kv.assign(from(base), from(base) + above(base));
@@ -1174,36 +1101,36 @@ Document Machine::run() {
         set_items(top(), kv.data(), kv.size());
         break;
       }
-      case 'g':
+      case Op::GET:
         push(memo_get(parse_index(in_.line(limits_.max_line, op_at_, op_))));
         break;
-      case 'h':
+      case Op::BINGET:
         push(memo_get(arg_byte()));
         break;
-      case 'j': {
+      case Op::LONG_BINGET: {
         push(memo_get(arg<uint32_t>()));
         break;
       }
-      case 'p':
+      case Op::PUT:
         memo_put(parse_index(in_.line(limits_.max_line, op_at_, op_)));
         break;
-      case 'q':
+      case Op::BINPUT:
         memo_put(arg_byte());
         break;
-      case 'r': {
+      case Op::LONG_BINPUT: {
         memo_put(arg<uint32_t>());
         break;
       }
-      case 0x94:
+      case Op::MEMOIZE:
         memo_put(memo_count_);
         break;
-      case 'c': {
+      case Op::GLOBAL: {
         std::string module = in_.line(limits_.max_line, op_at_, op_);
         std::string name = in_.line(limits_.max_line, op_at_, op_);
         push(resolve_global(std::move(module), std::move(name)));
         break;
       }
-      case 0x93: {
+      case Op::STACK_GLOBAL: {
         need_stack(2);
         Value* name = pop();
         Value* module = pop();
@@ -1211,21 +1138,21 @@ Document Machine::run() {
         push(resolve_global(module->str.str(), name->str.str()));
         break;
       }
-      case 'R': {
+      case Op::REDUCE: {
         need_stack(2);
         Value* args = pop();
         Value* callable = pop();
         push(call(callable, args_tuple(args), nullptr, false));
         break;
       }
-      case 0x81: {
+      case Op::NEWOBJ: {
         need_stack(2);
         Value* args = pop();
         Value* cls = pop();
         push(call(cls, args_tuple(args), nullptr, true));
         break;
       }
-      case 0x92: {
+      case Op::NEWOBJ_EX: {
         need_stack(3);
         Value* kwargs = pop();
         Value* args = pop();
@@ -1234,7 +1161,7 @@ Document Machine::run() {
         push(call(cls, args_tuple(args), kwargs, true));
         break;
       }
-      case 'b': {
+      case Op::BUILD: {
         need_stack(2);
         Value* state = pop();
         Value* obj = top();
@@ -1257,7 +1184,7 @@ Document Machine::run() {
         obj->state = state;
         break;
       }
-      case 'i': {
+      case Op::INST: {
         std::string module = in_.line(limits_.max_line, op_at_, op_);
         std::string name = in_.line(limits_.max_line, op_at_, op_);
         size_t base = pop_mark();
@@ -1267,7 +1194,7 @@ Document Machine::run() {
         push(call(cls, args, nullptr, false));
         break;
       }
-      case 'o': {
+      case Op::OBJ: {
         size_t base = pop_mark();
         if (above(base) == 0) fail("OBJ needs a class after its MARK");
         Value* cls = stack_[base];
@@ -1276,13 +1203,13 @@ Document Machine::run() {
         push(call(cls, args, nullptr, false));
         break;
       }
-      case 'P': {
+      case Op::PERSID: {
         Value* p = make(Kind::PersistentId);
         p->cls = make_str(std::string_view(in_.line(limits_.max_line, op_at_, op_)));
         push(p);
         break;
       }
-      case 'Q': {
+      case Op::BINPERSID: {
         Value* pid = pop();
         Value* p = make(Kind::PersistentId);
         p->cls = pid;
@@ -1290,16 +1217,17 @@ Document Machine::run() {
         push(p);
         break;
       }
-      case 0x82:
-      case 0x83:
-      case 0x84:
-        fail(std::string(opname(op_)) + ": the copyreg extension registry is not supported");
-      case 0x97:
-      case 0x98:
-        fail(std::string(opname(op_)) + ": out-of-band pickle buffers are not supported");
+      case Op::EXT1:
+      case Op::EXT2:
+      case Op::EXT4:
+        fail(std::string(op_name(op_)) + ": the copyreg extension registry is not supported");
+      case Op::NEXT_BUFFER:
+      case Op::READONLY_BUFFER:
+        fail(std::string(op_name(op_)) + ": out-of-band pickle buffers are not supported");
       default: {
         static const char* hex = "0123456789abcdef";
-        fail(std::string("unknown opcode 0x") + hex[op_ >> 4] + hex[op_ & 15]);
+        auto byte = static_cast<uint8_t>(op_);
+        fail(std::string("unknown opcode 0x") + hex[byte >> 4] + hex[byte & 15]);
       }
     }
   }
