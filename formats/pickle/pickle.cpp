@@ -11,6 +11,7 @@
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/core/utf8.h"
 #include "formats/pickle/opcodes.h"
 
 namespace nemofs::pickle {
@@ -155,52 +156,6 @@ const char* kind_name(Kind k) {
     case Kind::PersistentId: return "persistent id";
   }
   return "?";
-}
-
-bool valid_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
-    i += n;
-  }
-  return true;
-}
-
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
-
-// Decodes UTF-8 into code points; false on malformed input.
-bool utf8_codepoints(std::string_view s, std::vector<uint32_t>& out) {
-  size_t i = 0;
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
-    for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
-    out.push_back(cp);
-    i += n;
-  }
-  return true;
 }
 
 int hexval(char c) {
@@ -624,7 +579,7 @@ Value* Machine::encode(const Value* s, const Value* enc) {
   if (e == "utf-8" || e == "utf8") return make_bytes(s->str);
   if (e == "latin1" || e == "latin-1" || e == "iso-8859-1" || e == "iso8859-1") {
     std::vector<uint32_t> cps;
-    if (!utf8_codepoints(s->str, cps)) return nullptr;
+    if (!decode_utf8(s->str, Utf8Check::LeadOnly, cps)) return nullptr;
     std::string out;
     out.reserve(cps.size());
     for (uint32_t cp : cps) {
@@ -971,7 +926,7 @@ Document Machine::run() {
       }
       case Op::STRING: {
         std::string s = decode_string_escape(in_.line(limits_.max_line, op_at_, op_));
-        push(valid_utf8(s) ? make_str(std::string_view(s)) : make_bytes(std::string_view(s)));
+        push(!find_invalid_utf8(s, Utf8Check::Shape) ? make_str(std::string_view(s)) : make_bytes(std::string_view(s)));
         break;
       }
       case Op::BINSTRING:
@@ -986,7 +941,7 @@ Document Machine::run() {
         }
         in_.length_ok(n, op_at_, op_);
         Text s = in_.take(static_cast<size_t>(n), *arena_);
-        push(valid_utf8(s) ? make_str(s) : make_bytes(s));
+        push(!find_invalid_utf8(s, Utf8Check::Shape) ? make_str(s) : make_bytes(s));
         break;
       }
       case Op::UNICODE:
