@@ -12,11 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
-namespace nemofs {
+#include "formats/core/utf8.h"  // find_invalid_utf8, for the callers that include only this header
 
-// Offset of the first byte that is not part of well-formed UTF-8 (overlongs, surrogates and code
-// points above U+10FFFF are ill-formed), or nullopt when all of `text` is valid.
-std::optional<size_t> find_invalid_utf8(std::string_view text);
+namespace nemofs {
 
 // Parses `text` as one JSON value (surrounding JSON whitespace allowed). Throws
 // FormatError(format, base_offset + position, ...) with distinct messages for: invalid UTF-8,

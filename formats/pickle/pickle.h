@@ -18,7 +18,7 @@
 //   class/callable, args, kwargs, state, listitems, dictitems), PersistentId (the pid a torch
 //   storage reference carries).
 // GLOBAL/STACK_GLOBAL never import anything: the name is looked up in an allowlist (kAllowlist in
-// pickle.cpp) that gives it a symbolic Tag. REDUCE/NEWOBJ on a data tag builds plain data
+// allowlist.cpp) that gives it a symbolic Tag. REDUCE/NEWOBJ on a data tag builds plain data
 // (OrderedDict/defaultdict/Counter -> Dict, set/frozenset, bytes/bytearray/_codecs.encode -> Bytes,
 // torch.Size -> Tuple, getattr(Global, "X") -> Global "module.Name.X", _get_layout -> Global);
 // every other call, allowlisted tensor rebuilds included, becomes an Object whose `cls` is the
