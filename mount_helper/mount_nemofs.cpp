@@ -21,14 +21,17 @@
 #include <string>
 #include <vector>
 
+#include "fs/exit_codes.h"
+
 #ifndef NEMOFS_INSTALLED_BIN
 #define NEMOFS_INSTALLED_BIN "/usr/bin/nemofs"
 #endif
 
 namespace {
 
-constexpr int kExitUsage = 1;  // the same code nemofs uses for bad arguments
-constexpr int kExitSystem = 2;
+using nemofs::kExitOk;
+using nemofs::kExitUsage;  // the same code nemofs uses for bad arguments
+constexpr int kExitSystem = 2;  // mount(8)'s "system error" (could not drop privileges, exec failed)
 
 const char* prog = "mount.nemofs";
 
@@ -138,7 +141,7 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "-h" || a == "--help") {
       usage(stdout);
-      return 0;
+      return kExitOk;
     }
     if (a == "-o" || a == "-t" || a == "-N") {
       if (i + 1 >= argc) {
@@ -211,7 +214,7 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < cmd.size(); ++i) line += (i ? " " : "") + shell_quote(cmd[i]);
     std::fprintf(stderr, "%s: %s%s\n", prog, fake ? "would run " : "", line.c_str());
   }
-  if (fake) return 0;
+  if (fake) return kExitOk;
   if (!setuid_user.empty() && !drop_privileges(setuid_user)) return kExitSystem;
 
   std::vector<char*> cargv;

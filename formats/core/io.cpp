@@ -1,6 +1,7 @@
 #include "formats/core/io.h"
 
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -239,6 +240,12 @@ void replace_file(const std::string& path, const std::string& body, mode_t mode,
     throw;
   }
   if (durable) fsync_dir(dir_of(path));
+}
+
+int wait_child(pid_t pid) {
+  int status = 0;
+  if (retry([&] { return ::waitpid(pid, &status, 0); }) < 0) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 std::string dir_of(const std::string& path) {

@@ -95,6 +95,10 @@ uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t
 // file or the new one, never a part.
 void replace_file(const std::string& path, const std::string& body, mode_t mode = 0600, bool durable = true);
 
+// Waits for a child process (waitpid, EINTR retried): its exit status, or -1 when it did not exit
+// normally.
+int wait_child(pid_t pid);
+
 // "dir" part and "name" part of a path.
 std::string dir_of(const std::string& path);
 std::string base_of(const std::string& path);

@@ -11,17 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "fs/exit_codes.h"
+
 namespace nemofs {
 
-enum ExitCode : int {
-  kExitOk = 0,
-  kExitUsage = 1,
-  kExitSourceUnreadable = 2,
-  kExitSourceInvalid = 3,
-  kExitMountFailed = 4,
-  kExitCommitFailed = 5,
-  kExitNotMounted = 6,
-};
 
 int cmd_mount(const std::vector<std::string>& args);
 int cmd_umount(const std::vector<std::string>& args);

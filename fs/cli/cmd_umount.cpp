@@ -14,6 +14,7 @@
 #include <iostream>
 #include <thread>
 
+#include "formats/core/io.h"
 #include "fs/cli/cli.h"
 #include "fs/cli/progress.h"
 #include "fs/cli/state.h"
@@ -35,10 +36,7 @@ int run_fusermount(const std::string& mp) {
     ::execlp("fusermount3", "fusermount3", "-u", "--", mp.c_str(), (char*)nullptr);
     std::_Exit(127);
   }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return io::wait_child(pid);
 }
 
 // Waits until the daemon has written its result (the archive on disk is then final) or has
@@ -49,11 +47,11 @@ int run_fusermount(const std::string& mp) {
 // period, ~13 ms here: more than it saves.)
 void wait_for_result_or_exit(pid_t pid, const std::string& result_file) {
   constexpr int kIntervalMs = 2;
-  int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  UniqueFd pfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
   while (true) {
     if (::access(result_file.c_str(), F_OK) == 0) break;
-    if (pfd >= 0) {
-      pollfd p{pfd, POLLIN, 0};
+    if (pfd) {
+      pollfd p{pfd.get(), POLLIN, 0};
       int rc = ::poll(&p, 1, kIntervalMs);
       if (rc > 0) break;
     } else {
@@ -61,7 +59,6 @@ void wait_for_result_or_exit(pid_t pid, const std::string& result_file) {
       std::this_thread::sleep_for(std::chrono::milliseconds(kIntervalMs));
     }
   }
-  if (pfd >= 0) ::close(pfd);
 }
 
 }  // namespace
@@ -113,11 +110,11 @@ int cmd_status(const std::vector<std::string>& args) {
   }
   if (json) {
     std::cout << list.dump(2) << "\n";
-    return 0;
+    return kExitOk;
   }
   if (list.empty()) {
     std::cout << "no nemofs mounts\n";
-    return 0;
+    return kExitOk;
   }
   for (const auto& e : list) {
     std::cout << e["mountpoint"].get<std::string>() << "  " << e.value("mode", std::string("?")) << "  "
@@ -125,7 +122,7 @@ int cmd_status(const std::vector<std::string>& args) {
     if (e.contains("pending_edits")) std::cout << "  pending edits: " << e["pending_edits"].dump();
     std::cout << "\n";
   }
-  return 0;
+  return kExitOk;
 }
 
 }  // namespace nemofs

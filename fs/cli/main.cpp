@@ -48,11 +48,11 @@ int main(int argc, char** argv) {
   args.erase(args.begin());
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     std::fputs(kUsage, stdout);
-    return 0;
+    return nemofs::kExitOk;
   }
   if (cmd == "-V" || cmd == "--version") {
     std::printf("nemofs %s\n", NEMOFS_VERSION);
-    return 0;
+    return nemofs::kExitOk;
   }
   if (cmd == "mount") return nemofs::cmd_mount(args);
   if (cmd == "umount" || cmd == "unmount") return nemofs::cmd_umount(args);

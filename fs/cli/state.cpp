@@ -12,6 +12,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "formats/core/errors.h"
 #include "formats/core/hash.h"
 #include "formats/core/io.h"
 
@@ -27,7 +28,7 @@ std::string state_dir() {
     dir = "/tmp/nemofs-" + std::to_string(geteuid());
   }
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-    throw std::runtime_error(dir + ": cannot create state folder: " + std::strerror(errno));
+    throw_sys(errno, dir + ": cannot create state folder");
   return dir;
 }
 

@@ -17,6 +17,7 @@
 #include <new>
 
 #include "formats/core/errors.h"
+#include "formats/core/io.h"
 
 namespace nemofs {
 namespace {
@@ -385,7 +386,7 @@ int run_loop(fuse_session* se, const ServerOptions& opts) {
   // where glibc keeps it; the server would carry it for its whole life (forked, it starts with the
   // opener's resident pages).
   ::malloc_trim(0);
-  if (fuse_set_signal_handlers(se) != 0) return 4;
+  if (fuse_set_signal_handlers(se) != 0) return kExitMountFailed;
   int rc;
   if (opts.debug || opts.max_threads <= 1) {
     rc = fuse_session_loop(se);
@@ -401,7 +402,7 @@ int run_loop(fuse_session* se, const ServerOptions& opts) {
     fuse_loop_cfg_destroy(cfg);
   }
   fuse_remove_signal_handlers(se);
-  return rc == 0 ? 0 : 4;
+  return rc == 0 ? kExitOk : kExitMountFailed;
 }
 
 // Waits until the mountpoint answers: stat() blocks until the server has handled FUSE_INIT and
@@ -443,13 +444,13 @@ int serve(Backend& backend, const ServerOptions& opts) {
   fuse_opt_free_args(&args);
   if (!se) {
     std::fprintf(stderr, "nemofs: %s: invalid FUSE options '%s'\n", opts.mountpoint.c_str(), o.c_str());
-    return 1;
+    return kExitUsage;
   }
   if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "nemofs: %s: cannot mount (is it an existing empty folder, and /dev/fuse available?)\n",
                  opts.mountpoint.c_str());
     fuse_session_destroy(se);
-    return 4;
+    return kExitMountFailed;
   }
 
   if (opts.foreground) {
@@ -468,18 +469,16 @@ int serve(Backend& backend, const ServerOptions& opts) {
     std::fprintf(stderr, "nemofs: cannot fork: %s\n", std::strerror(errno));
     fuse_session_unmount(se);
     fuse_session_destroy(se);
-    return 4;
+    return kExitMountFailed;
   }
   if (pid == 0) {
     ::setsid();
     if (::chdir("/") != 0) {
     }
-    int devnull = ::open("/dev/null", O_RDWR);
-    if (devnull >= 0) {
-      ::dup2(devnull, 0);
-      ::dup2(devnull, 1);
-      ::dup2(devnull, 2);
-      if (devnull > 2) ::close(devnull);
+    UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
+    if (devnull) {
+      for (int std_fd : {0, 1, 2}) ::dup2(devnull.get(), std_fd);
+      if (devnull.get() <= 2) devnull.release();  // it is one of the three now
     }
     if (opts.on_serving) opts.on_serving();
     int rc = run_loop(se, opts);
@@ -503,14 +502,14 @@ int serve(Backend& backend, const ServerOptions& opts) {
       ::execlp("fusermount3", "fusermount3", "-u", "-z", opts.mountpoint.c_str(), (char*)nullptr);
       std::_Exit(127);
     }
-    if (u > 0) ::waitpid(u, nullptr, 0);
-    return 4;
+    if (u > 0) io::wait_child(u);
+    return kExitMountFailed;
   }
   if (opts.on_ready) opts.on_ready(pid);
   // The parent's half of the session (libfuse keeps the mountpoint string until unmount) belongs
   // to the server now: leave without running exit-time leak checks over it.
   std::fflush(nullptr);
-  std::_Exit(0);
+  std::_Exit(kExitOk);
 }
 
 }  // namespace nemofs

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "fs/backends/backend.h"
+#include "fs/exit_codes.h"
 
 namespace nemofs {
 
@@ -35,7 +36,7 @@ struct ServerOptions {
 // mount answers (return 0) or the server failed to start (non-zero, message on stderr); the
 // forked server process never returns (it exits when unmounted); in daemon mode a successful
 // parent exits with status 0 from inside serve(). In foreground mode it returns
-// when unmounted. Returns the exit status for the command.
+// when unmounted. Returns the exit status for the command (an ExitCode).
 int serve(Backend& backend, const ServerOptions& opts);
 
 }  // namespace nemofs
