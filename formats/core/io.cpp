@@ -28,11 +28,15 @@ namespace {
 
 std::atomic<FaultHook> g_hook{nullptr};
 
-// Runs before each step that changes a file: a test hook may fail it (or end the process).
-void step(Step s, const std::string& what) {
+// Runs before each step that changes a file: a test hook may make it fail with an errno (or end
+// the process). 0: the step runs.
+int injected(Step s, const std::string& what) {
   FaultHook h = g_hook.load(std::memory_order_relaxed);
-  if (!h) return;
-  if (int err = h(s, what.c_str())) throw_sys(err, what);
+  return h ? h(s, what.c_str()) : 0;
+}
+
+void step(Step s, const std::string& what) {
+  if (int err = injected(s, what)) throw_sys(err, what);
 }
 
 template <typename F>
@@ -173,8 +177,10 @@ void rename(const std::string& from, const std::string& to) {
 }
 
 void unlink(const std::string& path, bool strict) {
-  step(Step::Unlink, path);
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT && strict) throw_sys(errno, path + ": unlink");
+  // An injected failure is treated as a real one: ignored unless strict.
+  int err = injected(Step::Unlink, path);
+  if (!err && ::unlink(path.c_str()) != 0 && errno != ENOENT) err = errno;
+  if (err && strict) throw_sys(err, path + ": unlink");
 }
 
 bool mkdir(const std::string& path, mode_t mode) {

@@ -11,43 +11,44 @@ Tree::Tree() {
   nodes_.push_back(std::move(root));
 }
 
-NodeId Tree::add_dir(NodeId parent, std::string name) {
+// The existing child `name` of `parent`, or nullopt; refuses names a folder cannot hold.
+std::optional<NodeId> Tree::existing_child(NodeId parent, const std::string& name, const char* kind) const {
   if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos)
-    throw FormatError("tree", "invalid directory name '" + name + "'");
-  if (auto it = nodes_.at(parent).children.find(name); it != nodes_[parent].children.end()) {
-    if (nodes_[it->second].type != NodeType::Dir)
-      throw FormatError("tree", "'" + path_of(it->second) + "' is both a file and a directory");
-    return it->second;
-  }
-  NodeId id = static_cast<NodeId>(nodes_.size());
-  Node n;
-  n.name = name;
-  n.type = NodeType::Dir;
-  n.parent = parent;
-  nodes_.push_back(std::move(n));
-  nodes_[parent].children.emplace(std::move(name), id);
-  return id;
+    throw FormatError("tree", std::string("invalid ") + kind + " name '" + name + "'");
+  const auto& kids = nodes_.at(parent).children;
+  if (auto it = kids.find(name); it != kids.end()) return it->second;
+  return std::nullopt;
 }
 
-NodeId Tree::add_file(NodeId parent, std::string name, SourcePtr data, bool replace) {
-  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos)
-    throw FormatError("tree", "invalid file name '" + name + "'");
-  if (auto it = nodes_.at(parent).children.find(name); it != nodes_[parent].children.end()) {
-    Node& old = nodes_[it->second];
-    if (!replace || old.type != NodeType::File)
-      throw FormatError("tree", "duplicate entry '" + path_of(it->second) + "'");
-    old.data = std::move(data);
-    return it->second;
-  }
+NodeId Tree::append(NodeId parent, std::string name, NodeType type, SourcePtr data) {
   NodeId id = static_cast<NodeId>(nodes_.size());
   Node n;
   n.name = name;
-  n.type = NodeType::File;
+  n.type = type;
   n.parent = parent;
   n.data = std::move(data);
   nodes_.push_back(std::move(n));
   nodes_[parent].children.emplace(std::move(name), id);
   return id;
+}
+
+NodeId Tree::add_dir(NodeId parent, std::string name) {
+  if (auto old = existing_child(parent, name, "directory")) {
+    if (nodes_[*old].type != NodeType::Dir)
+      throw FormatError("tree", "'" + path_of(*old) + "' is both a file and a directory");
+    return *old;
+  }
+  return append(parent, std::move(name), NodeType::Dir, nullptr);
+}
+
+NodeId Tree::add_file(NodeId parent, std::string name, SourcePtr data, bool replace) {
+  if (auto old = existing_child(parent, name, "file")) {
+    Node& o = nodes_[*old];
+    if (!replace || o.type != NodeType::File) throw FormatError("tree", "duplicate entry '" + path_of(*old) + "'");
+    o.data = std::move(data);
+    return *old;
+  }
+  return append(parent, std::move(name), NodeType::File, std::move(data));
 }
 
 NodeId Tree::mkdirs(std::string_view path) {

@@ -64,6 +64,8 @@ class Tree {
   }
 
  private:
+  std::optional<NodeId> existing_child(NodeId parent, const std::string& name, const char* kind) const;
+  NodeId append(NodeId parent, std::string name, NodeType type, SourcePtr data);
   std::vector<Node> nodes_;
 };
 

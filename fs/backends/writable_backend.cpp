@@ -15,19 +15,11 @@ namespace {
 
 constexpr double kMutableTimeout = 1.0;
 
-EditOptions edit_options(const WritableOptions& o) {
-  EditOptions e;
-  e.archive_path = o.archive_path;
-  e.output = o.output;
-  e.commit_junk = o.commit_junk;
-  e.observer = o.observer;
-  return e;
-}
 
 }  // namespace
 
 WritableBackend::WritableBackend(Checkpoint&& cp, WritableOptions opts)
-    : opts_(std::move(opts)), editor_(std::move(cp), edit_options(opts_)) {}
+    : opts_(std::move(opts)), editor_(std::move(cp), opts_) {}
 
 WritableBackend::~WritableBackend() = default;
 

@@ -30,13 +30,10 @@
 
 namespace nemofs {
 
-struct WritableOptions {
-  std::string archive_path;  // real path of the .nemo
-  std::string output;        // -o output=PATH: commit there, leave the archive as it is
-  bool commit_junk = false;  // -o commit_junk: commit editor/OS junk files too
+// The edit session's options, and who owns what the mount shows.
+struct WritableOptions : EditOptions {
   uid_t uid = 0;
   gid_t gid = 0;
-  std::shared_ptr<EditObserver> observer;  // pending edits, commit progress and outcomes (may be null)
 };
 
 class WritableBackend final : public Backend {

@@ -24,6 +24,17 @@ int64_t entry_mtime_ns(const TarEntry& e) {
   return ns;
 }
 
+timespec ns_to_timespec(int64_t ns) {
+  timespec ts{};
+  ts.tv_sec = static_cast<time_t>(ns / 1000000000);
+  ts.tv_nsec = static_cast<long>(ns % 1000000000);
+  if (ts.tv_nsec < 0) {
+    ts.tv_nsec += 1000000000;
+    ts.tv_sec -= 1;
+  }
+  return ts;
+}
+
 std::shared_ptr<const Archive> Archive::open(Checkpoint&& cp, const std::string& path) {
   auto g = std::make_shared<Archive>();
   g->path = path;

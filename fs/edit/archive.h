@@ -6,6 +6,7 @@
 // splice from it).
 #pragma once
 
+#include <ctime>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -47,5 +48,9 @@ using ArchivePtr = std::shared_ptr<const Archive>;
 
 // A member's mtime in ns: the pax record keeps the fraction ("1795667985.5759032").
 int64_t entry_mtime_ns(const TarEntry& e);
+
+// Times in the namespace are ns since the epoch; the kernel's are timespecs (tv_nsec in [0, 1e9)).
+timespec ns_to_timespec(int64_t ns);
+inline int64_t timespec_to_ns(const timespec& ts) { return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec; }
 
 }  // namespace nemofs

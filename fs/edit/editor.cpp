@@ -25,18 +25,7 @@ int64_t now_ns() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-int64_t ts_ns(const timespec& ts) { return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec; }
 
-timespec to_ts(int64_t ns) {
-  timespec ts{};
-  ts.tv_sec = static_cast<time_t>(ns / 1000000000);
-  ts.tv_nsec = static_cast<long>(ns % 1000000000);
-  if (ts.tv_nsec < 0) {
-    ts.tv_nsec += 1000000000;
-    ts.tv_sec -= 1;
-  }
-  return ts;
-}
 
 std::string human(uint64_t bytes) {
   char buf[32];
@@ -137,7 +126,7 @@ void Editor::copy_up(MemberNode& n, bool keep_bytes, bool journal) {
     overlay_.remove_data(id);
     throw;
   }
-  timespec times[2] = {to_ts(n.mtime_ns), to_ts(n.mtime_ns)};
+  timespec times[2] = {ns_to_timespec(n.mtime_ns), ns_to_timespec(n.mtime_ns)};
   ::futimens(fd.get(), times);
   f.fd = std::move(fd);
   f.data = id;
@@ -176,8 +165,8 @@ void Editor::set_times(MemberNode& n, const timespec* atime, const timespec* mti
   if (f && f->copied_up()) {
     timespec times[2] = {atime ? *atime : timespec{0, UTIME_OMIT}, mtime ? *mtime : timespec{0, UTIME_OMIT}};
     if (::futimens(f->fd.get(), times) != 0) throw SysError(errno);
-  } else if (mtime && ts_ns(*mtime) != n.mtime_ns) {
-    n.mtime_ns = ts_ns(*mtime);
+  } else if (mtime && timespec_to_ns(*mtime) != n.mtime_ns) {
+    n.mtime_ns = timespec_to_ns(*mtime);
     save_journal();
   }
 }
@@ -235,59 +224,52 @@ MemberNode& Editor::dir_for_new_entry(Ino parent, std::string_view name) {
   return d;
 }
 
+MemberNode& Editor::link_new(MemberNode& d, const std::string& name, MemberNode& n, mode_t mode) {
+  n.mode = mode & 07777;
+  n.mtime_ns = now_ns();
+  ns_->attach(d, name, n);
+  try {
+    save_journal();
+  } catch (...) {
+    ns_->detach(n);
+    ns_->drop(n, overlay_);
+    throw;
+  }
+  return n;
+}
+
 MemberNode& Editor::new_file(MemberNode& d, const std::string& name, mode_t mode) {
   int64_t id = next_data_++;
   UniqueFd fd = overlay_.create_data(id);
   MemberNode& n = ns_->create(FileBody{});
   n.file()->fd = std::move(fd);
   n.file()->data = id;
-  n.mode = mode & 07777;
-  n.mtime_ns = now_ns();
-  ns_->attach(d, name, n);
-  try {
-    save_journal();
-  } catch (...) {
-    ns_->detach(n);
-    ns_->drop(n, overlay_);
-    throw;
-  }
-  return n;
+  return link_new(d, name, n, mode);
 }
 
 MemberNode& Editor::new_folder(MemberNode& d, const std::string& name, mode_t mode) {
-  MemberNode& n = ns_->create(FolderBody{});
-  n.mode = mode & 07777;
-  n.mtime_ns = now_ns();
-  ns_->attach(d, name, n);
-  try {
-    save_journal();
-  } catch (...) {
-    ns_->detach(n);
-    ns_->drop(n, overlay_);
-    throw;
-  }
-  return n;
+  return link_new(d, name, ns_->create(FolderBody{}), mode);
 }
 
-void Editor::unlink(Ino parent, std::string_view name) {
+MemberNode& Editor::removable_child(Ino parent, std::string_view name, bool folder) {
   MemberNode& d = ns_->node(parent);
   check_mutable_dir(d);
   MemberNode* c = ns_->child(d, name);
   if (!c || !ns_->visible(*c)) throw SysError(ENOENT);
   if (c->is_view()) throw SysError(EROFS);
-  if (c->is_folder()) throw SysError(EISDIR);
+  if (c->is_folder() != folder) throw SysError(folder ? ENOTDIR : EISDIR);
+  return *c;
+}
+
+void Editor::unlink(Ino parent, std::string_view name) {
+  MemberNode* c = &removable_child(parent, name, false);
   ns_->detach(*c);
   save_journal();
   ns_->drop(*c, overlay_);
 }
 
 void Editor::rmdir(Ino parent, std::string_view name) {
-  MemberNode& d = ns_->node(parent);
-  check_mutable_dir(d);
-  MemberNode* c = ns_->child(d, name);
-  if (!c || !ns_->visible(*c)) throw SysError(ENOENT);
-  if (c->is_view()) throw SysError(EROFS);
-  if (!c->is_folder()) throw SysError(ENOTDIR);
+  MemberNode* c = &removable_child(parent, name, true);
   std::vector<Ino> hidden;
   for (const auto& [nm, k] : c->folder()->children) {
     if (ns_->visible(ns_->node(k.ino))) throw SysError(ENOTEMPTY);

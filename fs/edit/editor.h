@@ -86,6 +86,10 @@ class Editor {
 
  private:
   void copy_up(MemberNode& n, bool keep_bytes, bool journal = true);
+  // The visible namespace entry `name` of `parent` that unlink (a file) or rmdir (a folder) may take.
+  MemberNode& removable_child(Ino parent, std::string_view name, bool folder);
+  // Attaches a new node under `dir` and journals it; undone if the journal cannot be saved.
+  MemberNode& link_new(MemberNode& dir, const std::string& name, MemberNode& n, mode_t mode);
   void save_journal();
   size_t count_pending(const Journal& j) const;
   void note_pending(size_t n);

@@ -11,16 +11,6 @@
 namespace nemofs {
 namespace {
 
-timespec to_ts(int64_t ns) {
-  timespec ts{};
-  ts.tv_sec = static_cast<time_t>(ns / 1000000000);
-  ts.tv_nsec = static_cast<long>(ns % 1000000000);
-  if (ts.tv_nsec < 0) {
-    ts.tv_nsec += 1000000000;
-    ts.tv_sec -= 1;
-  }
-  return ts;
-}
 
 bool is_view_name(const std::string& name) {
   return name.size() > 8 && name.compare(name.size() - 8, 8, ".tensors") == 0;
@@ -271,8 +261,7 @@ bool MemberTree::junk(const MemberNode& n, bool commit_junk) const {
 int64_t MemberTree::mtime_of(const MemberNode& n) const {
   if (const FileBody* f = n.file(); f && f->copied_up()) {
     struct stat st {};
-    if (::fstat(f->fd.get(), &st) == 0)
-      return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    if (::fstat(f->fd.get(), &st) == 0) return timespec_to_ns(st.st_mtim);
   }
   return n.mtime_ns;
 }
@@ -283,7 +272,7 @@ struct stat MemberTree::stat_of(const MemberNode& n, uid_t uid, gid_t gid) const
   st.st_uid = uid;
   st.st_gid = gid;
   st.st_blksize = 4096;
-  timespec mt = to_ts(mtime_of(n));
+  timespec mt = ns_to_timespec(mtime_of(n));
   st.st_mtim = st.st_atim = st.st_ctim = mt;
   if (const FolderBody* f = n.folder()) {
     st.st_mode = S_IFDIR | (n.mode & 07777);

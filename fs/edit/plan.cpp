@@ -28,14 +28,10 @@ CommitPlan plan_commit(MemberTree& ns, bool commit_junk) {
     CommitItem it;
     it.kind = CommitItem::Kind::Member;
     it.label = p.empty() ? "." : p;
-    int64_t mt = ns.mtime_of(n);
-    int64_t sec = mt / 1000000000, nsec = mt % 1000000000;
-    if (nsec < 0) {
-      nsec += 1000000000;
-      sec -= 1;
-    }
+    timespec mt = ns_to_timespec(ns.mtime_of(n));
     const FileBody* f = n.file();
-    it.member = TarMember{p, n.is_folder(), n.mode, sec, static_cast<uint32_t>(nsec), f ? f->size : 0};
+    it.member = TarMember{p, n.is_folder(), n.mode, static_cast<int64_t>(mt.tv_sec), static_cast<uint32_t>(mt.tv_nsec),
+                          f ? f->size : 0};
     if (f && f->size) {
       if (f->copied_up()) {
         it.data_fd = f->fd.get();

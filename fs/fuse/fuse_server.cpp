@@ -127,20 +127,14 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
     r.uid = attr->st_uid;
     r.set_gid = to_set & FUSE_SET_ATTR_GID;
     r.gid = attr->st_gid;
-    if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
-      r.set_mtime = true;
-      clock_gettime(CLOCK_REALTIME, &r.mtime);
-    } else if (to_set & FUSE_SET_ATTR_MTIME) {
-      r.set_mtime = true;
-      r.mtime = attr->st_mtim;
-    }
-    if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
-      r.set_atime = true;
-      clock_gettime(CLOCK_REALTIME, &r.atime);
-    } else if (to_set & FUSE_SET_ATTR_ATIME) {
-      r.set_atime = true;
-      r.atime = attr->st_atim;
-    }
+    // A time is set to the given value, or to now (utimensat's UTIME_NOW).
+    auto time = [&](int now_bit, int set_bit, const timespec& given, bool& set, timespec& out) {
+      set = to_set & (now_bit | set_bit);
+      if (to_set & now_bit) clock_gettime(CLOCK_REALTIME, &out);
+      else if (set) out = given;
+    };
+    time(FUSE_SET_ATTR_MTIME_NOW, FUSE_SET_ATTR_MTIME, attr->st_mtim, r.set_mtime, r.mtime);
+    time(FUSE_SET_ATTR_ATIME_NOW, FUSE_SET_ATTR_ATIME, attr->st_atim, r.set_atime, r.atime);
     uint64_t fh = fi ? fi->fh : 0;
     Entry e = B(req).setattr(ino, r, fi ? &fh : nullptr);
     fuse_reply_attr(req, &e.attr, e.attr_timeout);
