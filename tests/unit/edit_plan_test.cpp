@@ -205,7 +205,7 @@ TEST(EditPlan, CheckPlanYamlRefusesAnInvalidEditWithFileLineColumn) {
   CommitPlan p = plan_commit(s.ns(), false);
   auto why = check_plan_yaml(p);
   ASSERT_TRUE(why);
-  // yaml-cpp reports the unclosed flow sequence where it gives up (3:6 with yaml-cpp 0.7/0.8).
+  // yaml-cpp reports the unclosed flow sequence where it gives up (3:6 with the yaml-cpp used here).
   EXPECT_TRUE(std::regex_search(*why, std::regex("^invalid YAML: model_config\\.yaml:[23]:[0-9]+: "))) << *why;
   // A commit refuses it too, and keeps the edit.
   CommitOutcome out = s.ed->commit(false);
