@@ -89,8 +89,8 @@ TEST(Cli, HelpNamesEveryCommandAndTheManPage) {
 
 // --- man pages agree with the code ---------------------------------------------------------------
 
-TEST(ManPages, DocumentEveryExitCodeOfCliH) {
-  std::string cli = slurp(source_dir() + "/fs/cli/cli.h");
+TEST(ManPages, DocumentEveryExitCode) {
+  std::string cli = slurp(source_dir() + "/fs/exit_codes.h");
   std::string man = slurp(source_dir() + "/docs/man/nemofs.1.md");
   std::regex code(R"(kExit\w+\s*=\s*(\d+))");
   int n = 0;
