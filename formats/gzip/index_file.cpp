@@ -10,13 +10,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 
 #include "formats/gzip/gzip_source.h"
 #include "formats/gzip/index_file.h"
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/core/io.h"
 #include "formats/gzip/internal.h"
 
 namespace nemofs {
@@ -30,21 +30,6 @@ constexpr uint64_t kKeySpan = 64 << 10;          // bytes hashed at each end of 
 constexpr uint64_t kMaxIndexFile = 2ull << 30;
 constexpr const char kMagic[8] = {'N', 'E', 'M', 'O', 'F', 'S', 'G', 'Z'};
 
-// Up to n bytes at off into buf; fewer only at the end of the file or on an error (errno is then
-// set, and 0 at the end of the file).
-size_t pread_upto(int fd, uint64_t off, void* buf, size_t n) {
-  auto* p = static_cast<char*>(buf);
-  size_t done = 0;
-  errno = 0;
-  while (done < n) {
-    ssize_t got = ::pread(fd, p + done, n - done, static_cast<off_t>(off + done));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) break;
-    done += static_cast<size_t>(got);
-  }
-  return done;
-}
-
 std::string hex(uint64_t v) {
   char b[17];
   std::snprintf(b, sizeof b, "%llx", static_cast<unsigned long long>(v));
@@ -56,16 +41,16 @@ std::string hex(uint64_t v) {
 // ---------------------------------------------------------------------------------------------
 // Windows
 
-GzipIndexFile::GzipIndexFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
-
-GzipIndexFile::~GzipIndexFile() {
-  if (fd_ >= 0) ::close(fd_);
-}
+GzipIndexFile::GzipIndexFile(UniqueFd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
 
 void GzipIndexFile::read(uint64_t off, void* buf, size_t n) const {
-  size_t done = pread_upto(fd_, off, buf, n);
+  size_t done = 0;
+  try {
+    done = io::pread_full(fd_.get(), buf, n, off);
+  } catch (const SysError& e) {
+    eio("gzip index file " + path_ + ": " + std::strerror(e.err()));
+  }
   if (done == n) return;
-  if (int err = errno) eio("gzip index file " + path_ + ": " + std::strerror(err));
   eio("gzip index file " + path_ + " ends at byte " + std::to_string(off + done) +
       ": it was truncated since it was loaded");
 }
@@ -108,10 +93,10 @@ std::string index_head(const GzipIndex& idx, const GzipFileKey& key) {
   auto* h = reinterpret_cast<unsigned char*>(b.data());
   store_le<uint32_t>(h + 8, 1);
   store_le<uint32_t>(h + 12, idx.block_size);
-  store_le<uint64_t>(h + 16, key.dev);
-  store_le<uint64_t>(h + 24, key.ino);
-  store_le<uint64_t>(h + 32, key.size);
-  store_le<int64_t>(h + 40, key.mtime_ns);
+  store_le<uint64_t>(h + 16, key.file.dev);
+  store_le<uint64_t>(h + 24, key.file.ino);
+  store_le<uint64_t>(h + 32, key.file.size);
+  store_le<int64_t>(h + 40, key.file.mtime_ns);
   store_le<uint32_t>(h + 48, key.head_crc);
   store_le<uint32_t>(h + 52, key.tail_crc);
   store_le<uint64_t>(h + 56, idx.uncompressed_size);
@@ -196,14 +181,14 @@ bool parse_header(const unsigned char* b, uint64_t body, const GzipFileKey* expe
   idx.block_size = load_le<uint32_t>(b + 12);
   if (idx.block_size < 4096 || idx.block_size > (64u << 20)) return fail(why, "block size out of range");
   GzipFileKey key;
-  key.dev = load_le<uint64_t>(b + 16);
-  key.ino = load_le<uint64_t>(b + 24);
-  key.size = load_le<uint64_t>(b + 32);
-  key.mtime_ns = load_le<int64_t>(b + 40);
+  key.file.dev = load_le<uint64_t>(b + 16);
+  key.file.ino = load_le<uint64_t>(b + 24);
+  key.file.size = load_le<uint64_t>(b + 32);
+  key.file.mtime_ns = load_le<int64_t>(b + 40);
   key.head_crc = load_le<uint32_t>(b + 48);
   key.tail_crc = load_le<uint32_t>(b + 52);
   if (expect && !(key == *expect)) return fail(why, "stale (the archive changed since it was indexed)");
-  idx.compressed_size = key.size;
+  idx.compressed_size = key.file.size;
   idx.uncompressed_size = load_le<uint64_t>(b + 56);
   idx.members = load_le<uint32_t>(b + 64);
   h.np = load_le<uint32_t>(b + 68);
@@ -261,7 +246,13 @@ bool parse_tables(IndexHeader& h, const unsigned char* r, Why why) {
 }
 
 // Reads exactly n bytes at off; false on a short read or an error.
-bool pread_all(int fd, uint64_t off, void* buf, size_t n) { return pread_upto(fd, off, buf, n) == n; }
+bool pread_all(int fd, uint64_t off, void* buf, size_t n) {
+  try {
+    return io::pread_full(fd, buf, n, off) == n;
+  } catch (const SysError&) {
+    return false;
+  }
+}
 
 // The index then reads its windows from `file`: offsets become the file's (windows are stored in
 // point order, back to back, after the tables), and the in-memory copy goes.
@@ -334,18 +325,15 @@ std::optional<GzipIndex> load_gzip_index_file(std::shared_ptr<const GzipIndexFil
 GzipFileKey gzip_file_key(const ByteSource& src, const std::string& path) {
   struct stat st {};
   const auto* fs = dynamic_cast<const FileSource*>(&src);
-  if (fs ? ::fstat(fs->fd(), &st) != 0 : ::stat(path.c_str(), &st) != 0)
-    throw SysError(errno, path + ": cannot stat: " + std::strerror(errno));
+  if (fs ? ::fstat(fs->fd(), &st) != 0 : ::stat(path.c_str(), &st) != 0) throw_sys(errno, path + ": cannot stat");
   GzipFileKey k;
-  k.dev = static_cast<uint64_t>(st.st_dev);
-  k.ino = static_cast<uint64_t>(st.st_ino);
-  k.size = src.size();
-  k.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-  size_t n = static_cast<size_t>(std::min<uint64_t>(kKeySpan, k.size));
+  k.file = FileIdentity::of_stat(st);
+  k.file.size = src.size();  // the bytes the source was opened with: those the index describes
+  size_t n = static_cast<size_t>(std::min<uint64_t>(kKeySpan, k.file.size));
   std::string buf(n, '\0');
   if (n && src.read_at(0, buf.data(), n) != n) throw SysError(EIO, path + ": short read");
   k.head_crc = crc(0, buf.data(), n);
-  if (n && src.read_at(k.size - n, buf.data(), n) != n) throw SysError(EIO, path + ": short read");
+  if (n && src.read_at(k.file.size - n, buf.data(), n) != n) throw SysError(EIO, path + ": short read");
   k.tail_crc = crc(0, buf.data(), n);
   return k;
 }
@@ -366,56 +354,40 @@ std::string gzip_cache_dir(const GzipOptions& opt) {
 namespace {
 
 void mkdirs(const std::string& dir) {
-  for (size_t i = 1; i <= dir.size(); ++i) {
-    if (i == dir.size() || dir[i] == '/') {
-      std::string p = dir.substr(0, i);
-      if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) throw SysError(errno, p + ": " + std::strerror(errno));
-    }
-  }
+  for (size_t i = 1; i <= dir.size(); ++i)
+    if (i == dir.size() || dir[i] == '/') io::mkdir(dir.substr(0, i), 0700);
+}
+
+// Where the index of the file with `key` lives in the cache folder `dir`.
+std::string index_path(const std::string& dir, const GzipFileKey& key) {
+  return dir + "/gzip-" + hex(key.file.dev) + "-" + hex(key.file.ino) + ".idx";
 }
 
 // Temp file beside the target, then rename: a reader never sees a half-written index. With
 // `keep`, the written file stays open (read-write, so the windows can be read back) and is returned.
+// Not fsync'ed: a cache, rebuilt when lost.
 std::shared_ptr<const GzipIndexFile> write_index_atomic(const std::string& path, const GzipIndex& idx,
                                                         const GzipFileKey& key, bool keep = false) {
-  std::random_device rd;
-  std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + hex(rd());
-  int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) throw SysError(errno, tmp + ": " + std::strerror(errno));
-  auto file = std::make_shared<const GzipIndexFile>(fd, path);  // closes fd on every path out
+  std::string tmp;
+  auto file = std::make_shared<const GzipIndexFile>(io::create_temp(path + ".tmp.", tmp), path);
+  const int fd = file->fd();
   // Small writes gathered into 1 MiB ones.
   std::string pending;
   pending.reserve(1 << 20);
-  auto flush = [&](const char* p, size_t len) {
-    size_t done = 0;
-    while (done < len) {
-      ssize_t n = ::write(fd, p + done, len - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        int e = n < 0 ? errno : ENOSPC;
-        throw SysError(e, tmp + ": " + std::strerror(e));
-      }
-      done += static_cast<size_t>(n);
-    }
-  };
   try {
     emit_index(idx, key, [&](const char* p, size_t n) {
       if (pending.size() + n > pending.capacity()) {
-        flush(pending.data(), pending.size());
+        io::write_full(fd, pending.data(), pending.size(), tmp);
         pending.clear();
       }
-      if (n >= pending.capacity()) flush(p, n);
+      if (n >= pending.capacity()) io::write_full(fd, p, n, tmp);
       else pending.append(p, n);
     });
-    flush(pending.data(), pending.size());
+    io::write_full(fd, pending.data(), pending.size(), tmp);
+    io::rename(tmp, path);
   } catch (...) {
-    ::unlink(tmp.c_str());
+    io::unlink(tmp);
     throw;
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    throw SysError(e, path + ": " + std::strerror(e));
   }
   if (keep) return file;
   return nullptr;
@@ -429,9 +401,9 @@ std::string store_gzip_index(const GzipIndex& idx, const ByteSource& compressed,
   if (dir.empty()) return "no cache folder";
   try {
     GzipFileKey key = gzip_file_key(compressed, path);
-    if (key.size != idx.compressed_size) return "the index does not describe this file";
+    if (key.file.size != idx.compressed_size) return "the index does not describe this file";
     mkdirs(dir);
-    write_index_atomic(dir + "/gzip-" + hex(key.dev) + "-" + hex(key.ino) + ".idx", idx, key);
+    write_index_atomic(index_path(dir, key), idx, key);
     return "";
   } catch (const SysError& e) {
     return std::string("gzip index not cached: ") + e.what();
@@ -448,16 +420,21 @@ std::shared_ptr<const GzipSource> open_gzip(const SourcePtr& compressed, const s
     if (!dir.empty()) {
       try {
         key = gzip_file_key(*compressed, cache_key_path);
-        file = dir + "/gzip-" + hex(key.dev) + "-" + hex(key.ino) + ".idx";
+        file = index_path(dir, key);
       } catch (const SysError& e) {
         note = std::string("gzip index not cached: ") + e.what();
       }
     }
   }
   if (!file.empty()) {
-    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      auto f = std::make_shared<const GzipIndexFile>(fd, file);
+    std::optional<UniqueFd> fd;
+    try {
+      fd = io::open_if_exists(file, O_RDONLY);
+    } catch (const SysError&) {
+      // Unreadable: rebuilt, as when there is none.
+    }
+    if (fd) {
+      auto f = std::make_shared<const GzipIndexFile>(std::move(*fd), file);
       std::string why;
       if (auto idx = load_gzip_index_file(std::move(f), &key, &why))
         return std::make_shared<GzipSource>(compressed, std::make_shared<const GzipIndex>(std::move(*idx)),
@@ -470,7 +447,7 @@ std::shared_ptr<const GzipSource> open_gzip(const SourcePtr& compressed, const s
     try {
       // A file rewritten during the pass must not get an index under its new identity.
       if (gzip_file_key(*compressed, cache_key_path) == key) {
-        mkdirs(file.substr(0, file.rfind('/')));
+        mkdirs(io::dir_of(file));
         // The file just written is the one this mount reads its windows from from now on.
         auto f = write_index_atomic(file, idx, key, true);
         back_windows_by_file(idx, std::move(f));

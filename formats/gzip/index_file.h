@@ -41,32 +41,36 @@
 #include <string>
 #include <string_view>
 
+#include "formats/core/io.h"
 #include "formats/gzip/index.h"
 
 namespace nemofs {
 
 // Identity of the compressed file an index belongs to.
 struct GzipFileKey {
-  uint64_t dev = 0, ino = 0, size = 0;
-  int64_t mtime_ns = 0;
-  uint32_t head_crc = 0, tail_crc = 0;
-  bool operator==(const GzipFileKey&) const = default;
+  // dev, ino, size (the size the source was opened with) and mtime_ns: the index file stores
+  // these, and compares only these (not ctime_ns, not sample_hash).
+  FileIdentity file;
+  uint32_t head_crc = 0, tail_crc = 0;  // CRC-32 of the first and of the last min(64 KiB, size) bytes
+  bool operator==(const GzipFileKey& o) const {
+    return file.dev == o.file.dev && file.ino == o.file.ino && file.size == o.file.size &&
+           file.mtime_ns == o.file.mtime_ns && head_crc == o.head_crc && tail_crc == o.tail_crc;
+  }
 };
 
 // An index file opened for its windows: the descriptor stays open for the index's lifetime.
 class GzipIndexFile {
  public:
-  GzipIndexFile(int fd, std::string path);  // takes ownership of fd
-  ~GzipIndexFile();
+  GzipIndexFile(UniqueFd fd, std::string path);
   GzipIndexFile(const GzipIndexFile&) = delete;
   GzipIndexFile& operator=(const GzipIndexFile&) = delete;
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }
   // Exactly n bytes at off; SysError(EIO) when the file is shorter now (truncated since loaded).
   void read(uint64_t off, void* buf, size_t n) const;
 
  private:
-  int fd_;
+  UniqueFd fd_;
   std::string path_;
 };
 
