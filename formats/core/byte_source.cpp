@@ -10,49 +10,38 @@
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/core/io.h"
 
 namespace nemofs {
 
 FileSource::FileSource(const std::string& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) throw SysError(errno, path + ": cannot open: " + std::strerror(errno));
+  try {
+    fd_ = io::open(path, O_RDONLY);
+  } catch (const SysError& e) {
+    throw_sys(e.err(), path + ": cannot open");
+  }
   struct stat st {};
-  if (::fstat(fd_, &st) != 0) {
-    int e = errno;
-    ::close(fd_);
-    throw SysError(e, path + ": cannot stat: " + std::strerror(e));
-  }
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-    ::close(fd_);
-    throw SysError(EINVAL, path + ": not a regular file");
-  }
+  if (::fstat(fd_.get(), &st) != 0) throw_sys(errno, path + ": cannot stat");
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) throw SysError(EINVAL, path + ": not a regular file");
   size_ = static_cast<uint64_t>(st.st_size);
-}
-
-FileSource::~FileSource() {
-  if (fd_ >= 0) ::close(fd_);
 }
 
 size_t FileSource::read_at(uint64_t off, void* buf, size_t len) const {
   if (off >= size_) return 0;
   len = static_cast<size_t>(std::min<uint64_t>(len, size_ - off));
   size_t done = 0;
-  auto* p = static_cast<char*>(buf);
-  while (done < len) {
-    ssize_t n = ::pread(fd_, p + done, len - done, static_cast<off_t>(off + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw SysError(errno, path_ + ": read failed: " + std::strerror(errno));
-    }
-    if (n == 0) throw SysError(EIO, path_ + ": file shrank while mounted (read past its end)");
-    done += static_cast<size_t>(n);
+  try {
+    done = io::pread_full(fd_.get(), buf, len, off);
+  } catch (const SysError& e) {
+    throw_sys(e.err(), path_ + ": read failed");
   }
+  if (done != len) throw SysError(EIO, path_ + ": file shrank while mounted (read past its end)");
   return done;
 }
 
 std::optional<FileRange> FileSource::file_range(uint64_t off, uint64_t len) const {
   if (len == 0 || off > size_ || len > size_ - off) return std::nullopt;
-  return FileRange{fd_, off};
+  return FileRange{fd_.get(), off};
 }
 
 SubSource::SubSource(SourcePtr parent, uint64_t offset, uint64_t length, std::string what)

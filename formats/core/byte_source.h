@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "formats/core/io.h"
+
 namespace nemofs {
 
 // A span of a real, open file descriptor (owned by the source; valid while the source lives).
@@ -51,7 +53,6 @@ using SourcePtr = std::shared_ptr<const ByteSource>;
 class FileSource final : public ByteSource {
  public:
   explicit FileSource(const std::string& path);  // throws SysError
-  ~FileSource() override;
   FileSource(const FileSource&) = delete;
   FileSource& operator=(const FileSource&) = delete;
 
@@ -59,12 +60,12 @@ class FileSource final : public ByteSource {
   size_t read_at(uint64_t off, void* buf, size_t len) const override;
   std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
   std::string describe() const override { return path_; }
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
-  int fd_ = -1;
+  UniqueFd fd_;
   uint64_t size_ = 0;
 };
 

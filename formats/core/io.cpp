@@ -1,6 +1,7 @@
 #include "formats/core/io.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -102,6 +103,24 @@ size_t pread_full(int fd, void* buf, size_t len, uint64_t off, const std::string
     if (n < 0) throw_sys(errno, what);
     if (n == 0) break;
     done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+size_t preadv_full(int fd, iovec* iov, size_t count, uint64_t off, const std::string& what) {
+  size_t done = 0, first = 0;
+  while (first < count) {
+    const int cnt = static_cast<int>(std::min<size_t>(count - first, IOV_MAX));
+    ssize_t n = retry([&] { return ::preadv(fd, iov + first, cnt, static_cast<off_t>(off + done)); });
+    if (n < 0) throw_sys(errno, what);
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+    auto left = static_cast<size_t>(n);
+    while (first < count && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+    if (left > 0) {
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+      iov[first].iov_len -= left;
+    }
   }
   return done;
 }

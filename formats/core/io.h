@@ -11,6 +11,7 @@
 
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -69,6 +70,10 @@ UniqueFd create_temp(const std::string& prefix, std::string& path);
 size_t pread_full(int fd, void* buf, size_t len, uint64_t off, const std::string& what = "read");
 // Exactly `len` bytes at `off`, or SysError(EIO, "WHAT: file shrank ...").
 void pread_exact(int fd, void* buf, size_t len, uint64_t off, const std::string& what = "read");
+// preadv(2) of `count` buffers at `off`, resuming after short transfers: every buffer filled, or
+// fewer bytes only at the end of the file. Returns the bytes read. `iov` is used up on the way
+// (its entries are advanced past what was read). Throws SysError on failure.
+size_t preadv_full(int fd, iovec* iov, size_t count, uint64_t off, const std::string& what = "preadv");
 // A whole file (a journal, a state file). nullopt when it does not exist.
 std::optional<std::string> read_file(const std::string& path);
 

@@ -9,6 +9,7 @@
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/core/hash.h"
 #include "formats/core/tensor.h"
 #include "formats/dcp/dcp.h"
 #include "formats/pickle/pickle.h"
@@ -161,10 +162,11 @@ class DictIndex {
   std::unordered_map<std::string_view, const Value*> map_;
 };
 
+// FNV-1a's constants (formats/core/hash.h), mixing whole 64-bit words rather than bytes.
 uint64_t box_hash(const Box& b) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = kFnvOffset;
   for (const auto* v : {&b.offsets, &b.sizes})
-    for (uint64_t x : *v) h = (h ^ x) * 1099511628211ull;
+    for (uint64_t x : *v) h = (h ^ x) * kFnvPrime;
   return h;
 }
 

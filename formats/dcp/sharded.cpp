@@ -5,12 +5,12 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <climits>
 #include <cstring>
 #include <numeric>
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/core/io.h"
 
 namespace nemofs::dcp {
 namespace {
@@ -284,32 +284,6 @@ void ShardedTensorSource::plan(uint64_t off, uint64_t len, std::vector<Run>& run
   }
 }
 
-namespace {
-
-// preadv of the whole list, resuming after short transfers; false at end of file.
-bool preadv_all(int fd, std::vector<iovec>& iov, uint64_t at) {
-  size_t first = 0;
-  while (first < iov.size()) {
-    int cnt = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
-    ssize_t n = ::preadv(fd, iov.data() + first, cnt, static_cast<off_t>(at));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw SysError(errno, std::string("preadv: ") + std::strerror(errno));
-    }
-    if (n == 0) return false;
-    at += static_cast<uint64_t>(n);
-    auto left = static_cast<size_t>(n);
-    while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
-    if (left > 0) {
-      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
-      iov[first].iov_len -= left;
-    }
-  }
-  return true;
-}
-
-}  // namespace
-
 size_t ShardedTensorSource::read_at(uint64_t off, void* buf, size_t len) const {
   if (off >= total_ || len == 0) return 0;
   len = static_cast<size_t>(std::min<uint64_t>(len, total_ - off));
@@ -360,7 +334,7 @@ size_t ShardedTensorSource::read_at(uint64_t off, void* buf, size_t len) const {
         iov.push_back(iovec{out + r.dst, static_cast<size_t>(r.len)});
         next = r.local + r.len;
       }
-      if (!preadv_all(c.fr->fd, iov, c.fr->offset + start))
+      if (io::preadv_full(c.fr->fd, iov.data(), iov.size(), c.fr->offset + start) != next - start)
         throw SysError(EIO, what_ + ": chunk " + c.what + ": file ended early");
     }
     i = j;

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
@@ -63,13 +64,11 @@ void exercise(const GzipIndex& idx) {
 void try_bytes(const std::string& bytes) {
   auto mem = parse_gzip_index(bytes, nullptr, nullptr);
   if (mem) exercise(*mem);
-  int fd = ::memfd_create("gzip_index_file_fuzz", MFD_CLOEXEC);
+  UniqueFd owned(::memfd_create("gzip_index_file_fuzz", MFD_CLOEXEC));
+  const int fd = owned.get();
   if (fd < 0) return;
-  if (::write(fd, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size())) {
-    ::close(fd);
-    return;
-  }
-  auto file = std::make_shared<GzipIndexFile>(fd, "memfd");
+  if (::write(fd, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size())) return;
+  auto file = std::make_shared<GzipIndexFile>(std::move(owned), "memfd");
   auto loaded = load_gzip_index_file(file, nullptr, nullptr);
   if (loaded.has_value() != mem.has_value()) std::abort();  // the two loaders disagree
   if (!loaded) return;
@@ -105,7 +104,7 @@ int main(int argc, char** argv) {
     o.max_index_ratio = 1.0;
     o.progress = false;
     auto idx = build_gzip_index(MemorySource(stream()), o);
-    GzipFileKey k{1, 2, stream().size(), 3, 4, 5};
+    GzipFileKey k{.file = {.dev = 1, .ino = 2, .size = stream().size(), .mtime_ns = 3}, .head_crc = 4, .tail_crc = 5};
     std::ofstream(std::string(argv[1]) + "/index_span" + std::to_string(span), std::ios::binary) << serialize_gzip_index(idx, k);
     ++n;
   }

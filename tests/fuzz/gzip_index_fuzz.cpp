@@ -11,6 +11,7 @@
 #include <string>
 
 #include "formats/core/errors.h"
+#include "formats/core/hash.h"
 #include "formats/gzip/gzip_index.h"
 
 using namespace nemofs;
@@ -71,8 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!ref || *ref != all) abort();
   // Random reads on a fresh source (cold cache), offsets derived from the input itself.
   GzipSource fresh(compressed, std::make_shared<GzipIndex>(gz->index()), opt.cache_bytes);
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < size; ++i) h = (h ^ data[i]) * 1099511628211ull;
+  uint64_t h = fnv1a(kFnvOffset, data, size);
   std::string buf;
   for (int i = 0; i < 16 && !all.empty(); ++i) {
     h = h * 6364136223846793005ull + 1442695040888963407ull;

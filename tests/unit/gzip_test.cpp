@@ -540,7 +540,7 @@ TEST_F(GzipFiles, ArchiveChangedUnderTheSourceIsEio) {
 TEST(GzipIndexFormat, SerializeParseRoundTrip) {
   std::string data = make_data(2u << 20, 5);
   auto idx = build_gzip_index(MemorySource(gzip_bytes(data)), dense(""));
-  GzipFileKey k{1, 2, idx.compressed_size, 3, 4, 5};
+  GzipFileKey k{.file = {.dev = 1, .ino = 2, .size = idx.compressed_size, .mtime_ns = 3}, .head_crc = 4, .tail_crc = 5};
   std::string why;
   auto back = parse_gzip_index(serialize_gzip_index(idx, k), &k, &why);
   ASSERT_TRUE(back) << why;
@@ -555,7 +555,7 @@ TEST(GzipIndexFormat, SerializeParseRoundTrip) {
     EXPECT_EQ(back->window(i), idx.window(i));
   }
   GzipFileKey other = k;
-  other.mtime_ns = 4;
+  other.file.mtime_ns = 4;
   EXPECT_FALSE(parse_gzip_index(serialize_gzip_index(idx, k), &other, &why));
   // An empty stream indexes to no points and round-trips.
   auto empty = build_gzip_index(MemorySource(gzip_bytes("")), dense(""));
@@ -717,14 +717,14 @@ TEST(GzipIndexFormat, LoadFromFileMatchesParse) {
   TempDir tmp;
   std::string data = make_data(2u << 20, 5);
   auto idx = build_gzip_index(MemorySource(gzip_bytes(data)), dense(""));
-  GzipFileKey k{1, 2, idx.compressed_size, 3, 4, 5};
+  GzipFileKey k{.file = {.dev = 1, .ino = 2, .size = idx.compressed_size, .mtime_ns = 3}, .head_crc = 4, .tail_crc = 5};
   const std::string bytes = serialize_gzip_index(idx, k);
   auto load = [&](const std::string& b, const GzipFileKey* expect, std::string* why) {
     const std::string p = tmp.path + "/i.idx";
     write_file(p, b);
     int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw std::runtime_error("open");
-    return load_gzip_index_file(std::make_shared<GzipIndexFile>(fd, p), expect, why);
+    return load_gzip_index_file(std::make_shared<GzipIndexFile>(UniqueFd(fd), p), expect, why);
   };
   std::string why;
   auto back = load(bytes, &k, &why);
@@ -740,7 +740,7 @@ TEST(GzipIndexFormat, LoadFromFileMatchesParse) {
   // A file-backed index serializes to the same bytes (its windows read back from its file).
   EXPECT_EQ(serialize_gzip_index(*back, k), bytes);
   GzipFileKey other = k;
-  other.mtime_ns = 4;
+  other.file.mtime_ns = 4;
   EXPECT_FALSE(load(bytes, &other, &why));
   EXPECT_NE(why.find("stale"), std::string::npos) << why;
   // Every single-byte change and every truncation point the in-memory parser refuses, this one does.
