@@ -540,6 +540,12 @@ class Builder {
     if (taken(dir, name + ".json", path)) return;
     tree_.add_file(dir, name + ".json",
                    std::make_shared<MemorySource>(body(pickle::to_json(x, budget_, hook_)), name + ".json"));
+    // An OmegaConf config (or plain data holding one) also reads as the YAML OmegaConf.to_yaml
+    // writes for it, like a .nemo's model_config.yaml.
+    if (pickle::holds_omegaconf(x)) {
+      if (auto yaml = pickle::to_yaml(x, budget_); yaml && !taken(dir, name + ".yaml", path))
+        tree_.add_file(dir, name + ".yaml", std::make_shared<MemorySource>(std::move(*yaml), name + ".yaml"));
+    }
   }
 
   Tree& tree_;
