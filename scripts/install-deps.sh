@@ -13,6 +13,7 @@ PACKAGES=(
   googletest libgtest-dev libgmock-dev libssl-dev
   clang libclang-rt-dev
   python3 python3-yaml python3-numpy
+  python3-torch python3-omegaconf
   go-md2man dpkg-dev file lintian
   vim-tiny vim kmod
   archivemount fuse-zip bc

@@ -44,7 +44,11 @@
 //   "kwargs": {...}, "state": <BUILD state>, "listitems": [...], "dictitems": {...}} (a callable
 //   that is not a Global: "__class__": null plus "callable": <its rendering>);
 //   PersistentId -> {"__persistent_id__": <pid>}; a value reached again while it is being rendered
-//   (a cycle) -> {"__cycle__": "<what it is>"}. A caller hook may render some values itself
+//   (a cycle) -> {"__cycle__": "<what it is>"}. OmegaConf configs render as
+//   OmegaConf.to_container(cfg, resolve=False) gives them (omegaconf.cpp): DictConfig -> object,
+//   ListConfig -> array, a None / missing / interpolation config -> null / "???" / "${...}", a
+//   value node -> its value, an enum member held by a node (or an enum key) -> its name.
+//   A caller hook may render some values itself
 //   (the torch layer renders tensors as {"__tensor__": {...}}).
 #pragma once
 
@@ -296,5 +300,22 @@ nlohmann::ordered_json to_json(const Value& v);
 std::string key_text(const Value& key, RenderBudget& budget);
 
 std::string base64(std::string_view bytes);
+
+// OmegaConf configs (omegaconf.cpp). An Object of class omegaconf.dictconfig.DictConfig or
+// omegaconf.listconfig.ListConfig whose state has "_content", or of a value node class of
+// omegaconf.nodes (AnyNode, StringNode, IntegerNode, FloatNode, BooleanNode, EnumNode, BytesNode,
+// PathNode, ValueNode) whose state has "_val"; anything else is None (and stays inert).
+enum class OmegaConfKind : uint8_t { None, DictConfig, ListConfig, Node };
+OmegaConfKind omegaconf_kind(const Value& v);
+// A config's "_content" or a node's "_val"; nullptr when v is not one.
+const Value* omegaconf_payload(const Value& v);
+// "NAME" of a Global "module.EnumClass.NAME" (how an enum member pickles: getattr(cls, "NAME")).
+std::optional<std::string> enum_member_name(const Value& v);
+// v is a DictConfig/ListConfig, or a dict/list/tuple with one somewhere inside.
+bool holds_omegaconf(const Value& v);
+// The text OmegaConf.to_yaml(v) writes (resolve=False; PyYAML 6, OmegaConfDumper), for v a config
+// or plain data holding configs; nullopt when v is not a mapping or sequence, or holds something
+// OmegaConf would write with a Python tag (bytes, paths, objects) or that is not valid UTF-8.
+std::optional<std::string> to_yaml(const Value& v, RenderBudget& budget);
 
 }  // namespace nemofs::pickle

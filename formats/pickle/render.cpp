@@ -60,6 +60,28 @@ class Renderer {
     return o;
   }
 
+  // OmegaConf.to_container(cfg, resolve=False): see omegaconf.cpp.
+  std::optional<nlohmann::ordered_json> omegaconf(const Value& v, uint32_t depth) {
+    OmegaConfKind k = omegaconf_kind(v);
+    if (k == OmegaConfKind::None) return std::nullopt;
+    const Value& p = *omegaconf_payload(v);
+    if (k == OmegaConfKind::Node) {
+      if (auto name = enum_member_name(p)) return nlohmann::ordered_json(*name);
+      return render(p, depth + 1);
+    }
+    if (p.is(Kind::None) || p.is(Kind::Str)) return render(p, depth + 1);
+    if (k == OmegaConfKind::ListConfig && p.is(Kind::List)) return array(p.items, depth);
+    if (k == OmegaConfKind::DictConfig && p.is(Kind::Dict)) {
+      auto o = nlohmann::ordered_json::object();
+      for (const auto& [key, x] : p.entries) {
+        auto name = enum_member_name(*key);
+        o[name ? *name : this->key(*key, depth + 1)] = render(*x, depth + 1);
+      }
+      return o;
+    }
+    return std::nullopt;
+  }
+
   nlohmann::ordered_json render_inner(const Value& v, uint32_t depth) {
     using J = nlohmann::ordered_json;
     switch (v.kind) {
@@ -88,6 +110,7 @@ class Renderer {
       case Kind::Global: return J{{"__global__", v.qualified_name()}};
       case Kind::PersistentId: return J{{"__persistent_id__", render(*v.cls, depth + 1)}};
       case Kind::Object: {
+        if (auto j = omegaconf(v, depth)) return std::move(*j);
         J o = J::object();
         std::string cls = v.qualified_name();
         if (!cls.empty()) {

@@ -457,7 +457,9 @@ class Builder {
 
   void root(NodeId dir) {
     const Value& r = *f_.doc.root;
-    if (container(r) && (!r.is(Kind::Object) || has_tensor(r, 0))) expand(dir, r, "", 0);
+    if (module(r)) add_module(dir, r, "", 0);
+    else if (stateful(r) && has_tensor(r, 0)) add_object(dir, r, "", 0);
+    else if (container(r) && (!r.is(Kind::Object) || has_tensor(r, 0))) expand(dir, r, "", 0);
     else add_entry(dir, "", r.is(Kind::Object) && tensor(r) ? "tensor" : "value", r, 0);
   }
 
@@ -471,6 +473,111 @@ class Builder {
   static bool dict_like(const Value& v) { return v.is(Kind::Dict) || (v.is(Kind::Object) && !v.entries.empty()); }
   static const pickle::Seq<Value*>& seq_items(const Value& v) { return v.is(Kind::Object) ? v.listitems() : v.items; }
 
+  // A torch.nn.Module: an inert object whose BUILD state (its __dict__) has _parameters,
+  // _buffers and _modules dicts (OrderedDicts unpickle as dicts).
+  static bool module(const Value& v) {
+    if (!v.is(Kind::Object) || is_tensor_tag(v.tag) || !v.state || !v.state->is(Kind::Dict)) return false;
+    for (const char* k : {"_parameters", "_buffers", "_modules"}) {
+      const Value* x = v.state->get(k);
+      if (!x || !x->is(Kind::Dict)) return false;
+    }
+    return true;
+  }
+  // Any other inert object with a BUILD state (not a tensor, a dict/list subclass, an OmegaConf config).
+  static bool stateful(const Value& v) {
+    return v.is(Kind::Object) && !is_tensor_tag(v.tag) && v.state && !container(v) && !module(v) &&
+           pickle::omegaconf_kind(v) == pickle::OmegaConfKind::None;
+  }
+
+  // module.state_dict(): parameters, then persistent buffers, then each child module's with its
+  // name and a dot prepended (None entries skipped), as Module._save_to_state_dict does.
+  void state_dict(const Value& m, const std::string& prefix, uint32_t depth,
+                  std::vector<std::pair<std::string, const Value*>>& out) {
+    if (depth > 1000) throw FormatError(f_.source, "modules nested deeper than 1000 levels");
+    if (!on_path_.insert(&m).second) return;
+    const Value* st = m.state;
+    for (const auto& [k, x] : st->get("_parameters")->entries)
+      if (k->is(Kind::Str) && !x->is(Kind::None)) out.emplace_back(prefix + k->str, x);
+    const Value* np = st->get("_non_persistent_buffers_set");
+    auto persistent = [&](const Value& name) {
+      if (!np || !(np->is(Kind::Set) || np->is(Kind::FrozenSet))) return true;
+      for (const Value* n : np->items)
+        if (n->is(Kind::Str) && n->str == name.str) return false;
+      return true;
+    };
+    for (const auto& [k, x] : st->get("_buffers")->entries)
+      if (k->is(Kind::Str) && !x->is(Kind::None) && persistent(*k)) out.emplace_back(prefix + k->str, x);
+    for (const auto& [k, x] : st->get("_modules")->entries)
+      if (k->is(Kind::Str) && module(*x)) state_dict(*x, prefix + k->str + ".", depth + 1, out);
+    on_path_.erase(&m);
+  }
+
+  // The module's class and the rest of its state (without _parameters, _buffers, _modules), its
+  // children's likewise under "modules".
+  nlohmann::ordered_json module_summary(const Value& m, uint32_t depth) {
+    if (depth > 1000) throw FormatError(f_.source, "modules nested deeper than 1000 levels");
+    nlohmann::ordered_json j = nlohmann::ordered_json::object();
+    std::string cls = m.qualified_name();
+    j["__class__"] = cls.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(cls);
+    auto state = nlohmann::ordered_json::object();
+    for (const auto& [k, x] : m.state->entries) {
+      if (k->is(Kind::Str) && (k->str == "_parameters" || k->str == "_buffers" || k->str == "_modules")) continue;
+      state[pickle::key_text(*k, budget_)] = pickle::to_json(*x, budget_, hook_);
+    }
+    j["state"] = std::move(state);
+    auto mods = nlohmann::ordered_json::object();
+    on_path_.insert(&m);
+    for (const auto& [k, x] : m.state->get("_modules")->entries) {
+      std::string name = pickle::key_text(*k, budget_);
+      if (x->is(Kind::None)) mods[name] = nullptr;
+      else if (module(*x) && !on_path_.count(x)) mods[name] = module_summary(*x, depth + 1);
+      else mods[name] = pickle::to_json(*x, budget_, hook_);
+    }
+    on_path_.erase(&m);
+    j["modules"] = std::move(mods);
+    return j;
+  }
+
+  // A module's folder: one tensor file (and sidecar) per state_dict() key, and __module__.json.
+  void add_module(NodeId dir, const Value& m, const std::string& path, uint32_t depth) {
+    std::vector<std::pair<std::string, const Value*>> keys;
+    state_dict(m, "", depth, keys);
+    for (const auto& [key, x] : keys) {
+      spend();
+      const TensorInfo* t = tensor(*x);
+      std::string name = escape_key(key);
+      if (!t) {
+        f_.warnings.push_back(path + name + ": " + x->qualified_name() + " is not shown as a tensor file (unsupported kind or dtype)");
+        continue;
+      }
+      if (taken(dir, name, path) || taken(dir, name + ".json", path)) continue;
+      add_tensor(tree_, dir, key, f_.tensor_bytes(*t), f_.tensor_meta(*t));
+    }
+    if (taken(dir, "__module__.json", path)) return;
+    tree_.add_file(dir, "__module__.json",
+                   std::make_shared<MemorySource>(body(module_summary(m, depth)), "__module__.json"));
+  }
+
+  // Any other object whose state holds a tensor: __object__.json (its class and arguments), and
+  // its state's entries (a dict state) or its state as the entry __state__.
+  void add_object(NodeId dir, const Value& o, const std::string& path, uint32_t depth) {
+    nlohmann::ordered_json j = nlohmann::ordered_json::object();
+    std::string cls = o.qualified_name();
+    j["__class__"] = cls.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(cls);
+    auto args = nlohmann::ordered_json::array();
+    for (const Value* a : o.items) args.push_back(pickle::to_json(*a, budget_, hook_));
+    j["args"] = std::move(args);
+    if (o.kwargs() && !o.kwargs()->entries.empty()) j["kwargs"] = pickle::to_json(*o.kwargs(), budget_, hook_);
+    tree_.add_file(dir, "__object__.json", std::make_shared<MemorySource>(body(j), "__object__.json"));
+    on_path_.insert(&o);
+    if (o.state->is(Kind::Dict)) {
+      for (const auto& [k, x] : o.state->entries) add_entry(dir, path, pickle::key_text(*k, budget_), *x, depth + 1);
+    } else {
+      add_entry(dir, path, "__state__", *o.state, depth + 1);
+    }
+    on_path_.erase(&o);
+  }
+
   const TensorInfo* tensor(const Value& v) {
     if (!v.is(Kind::Object) || !is_tensor_tag(v.tag)) return nullptr;
     auto it = tensors_.find(&v);
@@ -480,6 +587,16 @@ class Builder {
 
   bool has_tensor(const Value& v, uint32_t depth) {
     if (tensor(v)) return true;
+    if (module(v)) return true;  // always a folder
+    if (stateful(v)) {
+      if (auto it = has_.find(&v); it != has_.end()) return it->second;
+      if (depth > 1000) throw FormatError(f_.source, "containers nested deeper than 1000 levels");
+      if (!on_path_.insert(&v).second) return false;
+      bool any = has_tensor(*v.state, depth + 1);
+      on_path_.erase(&v);
+      has_[&v] = any;
+      return any;
+    }
     if (!container(v)) return false;
     if (auto it = has_.find(&v); it != has_.end()) return it->second;
     if (depth > 1000) throw FormatError(f_.source, "containers nested deeper than 1000 levels");
@@ -531,6 +648,16 @@ class Builder {
     }
     if (x.is(Kind::Object) && is_tensor_tag(x.tag))
       f_.warnings.push_back(path + name + ": " + x.qualified_name() + " is not shown as a tensor file (unsupported kind or dtype)");
+    if (module(x) && !on_path_.count(&x)) {
+      if (taken(dir, name, path)) return;
+      add_module(tree_.add_dir(dir, name), x, path + name + "/", depth);
+      return;
+    }
+    if (stateful(x) && !on_path_.count(&x) && has_tensor(x, depth)) {
+      if (taken(dir, name, path)) return;
+      add_object(tree_.add_dir(dir, name), x, path + name + "/", depth);
+      return;
+    }
     if (container(x) && !on_path_.count(&x) && has_tensor(x, depth)) {
       if (taken(dir, name, path)) return;
       NodeId sub = tree_.add_dir(dir, name);
@@ -540,6 +667,12 @@ class Builder {
     if (taken(dir, name + ".json", path)) return;
     tree_.add_file(dir, name + ".json",
                    std::make_shared<MemorySource>(body(pickle::to_json(x, budget_, hook_)), name + ".json"));
+    // An OmegaConf config (or plain data holding one) also reads as the YAML OmegaConf.to_yaml
+    // writes for it, like a .nemo's model_config.yaml.
+    if (pickle::holds_omegaconf(x)) {
+      if (auto yaml = pickle::to_yaml(x, budget_); yaml && !taken(dir, name + ".yaml", path))
+        tree_.add_file(dir, name + ".yaml", std::make_shared<MemorySource>(std::move(*yaml), name + ".yaml"));
+    }
   }
 
   Tree& tree_;

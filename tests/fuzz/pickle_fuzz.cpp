@@ -1,4 +1,4 @@
-// Fuzz target: the restricted pickle machine and its JSON rendering. Any input must either
+// Fuzz target: the restricted pickle machine and its JSON and OmegaConf YAML rendering. Any input must either
 // unpickle or be refused with FormatError; nothing may crash, hang or allocate without bound.
 #include <cstddef>
 #include <cstdint>
@@ -14,6 +14,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     pickle::RenderBudget budget;
     budget.nodes_left = 1u << 20;
     (void)pickle::to_json(*doc.root, budget).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    // The OmegaConf YAML twin (omegaconf.cpp): any config-shaped input must emit or decline.
+    if (pickle::holds_omegaconf(*doc.root)) (void)pickle::to_yaml(*doc.root, budget);
   } catch (const FormatError&) {
   }
   return 0;

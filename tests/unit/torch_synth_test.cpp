@@ -150,14 +150,15 @@ TEST(TorchZip, RootTensorRootScalarAndTensorInsideObjects) {
   EXPECT_EQ(read(b.tree, "tensor"), floats({7, 8}));
   auto c = build_zip(torch_save_zip(PickleBuilder().proto(2).integer(5).stop().s, {}));
   EXPECT_EQ(json::parse(read(c.tree, "value.json")), 5);
-  // A tensor inside an arbitrary object renders as a reference in the JSON.
+  // An arbitrary object whose state holds a tensor is a folder (issue 14: no tensor only as a JSON
+  // stub): __object__.json with its class and arguments, and its state's entries.
   PickleBuilder p;
   p.proto(2).op('}').str("obj").global("m", "Holder").op(')').op(0x81).op('}').str("t");
   p.tensor_v2("FloatStorage", "0", 2, 0, {2}, {1}).op('s').op('b').op('s').stop();
   auto d = build_zip(torch_save_zip(p.s, {{"0", floats({7, 8})}}));
-  EXPECT_EQ(json::parse(read(d.tree, "obj.json")),
-            json::parse(R"({"__class__": "m.Holder", "args": [],
-                            "state": {"t": {"__tensor__": {"dtype": "F32", "shape": [2], "storage": "data/0"}}}})"));
+  EXPECT_FALSE(d.tree.resolve("obj.json"));
+  EXPECT_EQ(json::parse(read(d.tree, "obj/__object__.json")), json::parse(R"({"__class__": "m.Holder", "args": []})"));
+  EXPECT_EQ(read(d.tree, "obj/t"), floats({7, 8}));
 }
 
 TEST(TorchZip, KeysCollisionsAndCycles) {
