@@ -17,6 +17,7 @@ PACKAGES=(
   go-md2man dpkg-dev file lintian
   vim-tiny vim kmod
   archivemount fuse-zip bc
+  tar libarchive-tools libarchive-dev
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

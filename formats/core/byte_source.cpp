@@ -64,6 +64,10 @@ std::optional<FileRange> SubSource::file_range(uint64_t off, uint64_t len) const
   return parent_->file_range(offset_ + off, len);
 }
 
+void SubSource::pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const {
+  parent_->pieces(offset_ + off, len, out);
+}
+
 std::string SubSource::describe() const {
   if (!what_.empty()) return what_;
   return parent_->describe() + "[" + std::to_string(offset_) + "+" + std::to_string(length_) + "]";
@@ -106,6 +110,81 @@ std::optional<FileRange> ConcatSource::file_range(uint64_t off, uint64_t len) co
   uint64_t local = off - starts_[i];
   if (len > parts_[i]->size() - local) return std::nullopt;
   return parts_[i]->file_range(local, len);
+}
+
+SparseSource::SparseSource(SourcePtr data, const std::vector<Extent>& extents, uint64_t size, std::string what)
+    : data_(std::move(data)), size_(size), what_(std::move(what)) {
+  uint64_t stored = 0, prev_end = 0;
+  ext_.reserve(extents.size());
+  for (const auto& e : extents) {
+    if (e.length == 0) continue;
+    auto end = try_add(e.offset, e.length);
+    if (e.offset < prev_end || !end || *end > size_)
+      throw FormatError("bytes", e.offset, "sparse extents overlap or run past the size " + std::to_string(size_));
+    ext_.push_back(Ext{e.offset, e.length, stored});
+    stored += e.length;
+    prev_end = *end;
+  }
+  if (stored > data_->size())
+    throw FormatError("bytes", std::nullopt,
+                      "sparse extents hold " + std::to_string(stored) + " bytes, the data has " + std::to_string(data_->size()));
+}
+
+size_t SparseSource::find(uint64_t off) const {
+  auto it = std::upper_bound(ext_.begin(), ext_.end(), off,
+                             [](uint64_t o, const Ext& e) { return o < e.offset + e.length; });
+  return static_cast<size_t>(it - ext_.begin());
+}
+
+size_t SparseSource::read_at(uint64_t off, void* buf, size_t len) const {
+  if (off >= size_ || len == 0) return 0;
+  len = static_cast<size_t>(std::min<uint64_t>(len, size_ - off));
+  auto* p = static_cast<char*>(buf);
+  size_t done = 0;
+  for (size_t i = find(off); done < len;) {
+    uint64_t pos = off + done;
+    if (i == ext_.size() || pos < ext_[i].offset) {  // a hole up to the next extent (or the end)
+      uint64_t hole_end = i == ext_.size() ? size_ : ext_[i].offset;
+      size_t n = static_cast<size_t>(std::min<uint64_t>(len - done, hole_end - pos));
+      std::memset(p + done, 0, n);
+      done += n;
+      continue;
+    }
+    const Ext& e = ext_[i];
+    size_t n = static_cast<size_t>(std::min<uint64_t>(len - done, e.offset + e.length - pos));
+    size_t got = data_->read_at(e.stored + (pos - e.offset), p + done, n);
+    if (got != n) return done + got;
+    done += n;
+    ++i;
+  }
+  return done;
+}
+
+std::optional<FileRange> SparseSource::file_range(uint64_t off, uint64_t len) const {
+  if (len == 0 || off > size_ || len > size_ - off) return std::nullopt;
+  size_t i = find(off);
+  if (i == ext_.size() || off < ext_[i].offset || len > ext_[i].offset + ext_[i].length - off) return std::nullopt;
+  return data_->file_range(ext_[i].stored + (off - ext_[i].offset), len);
+}
+
+void SparseSource::pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const {
+  uint64_t done = 0;
+  for (size_t i = find(off); done < len;) {
+    uint64_t pos = off + done;
+    if (i == ext_.size() || pos < ext_[i].offset) {
+      uint64_t hole_end = i == ext_.size() ? size_ : ext_[i].offset;
+      uint64_t n = std::min<uint64_t>(len - done, hole_end - pos);
+      if (n == 0) break;  // past the end: the caller asked outside size()
+      out.push_back(Piece{n, true, std::nullopt});
+      done += n;
+      continue;
+    }
+    const Ext& e = ext_[i];
+    uint64_t n = std::min<uint64_t>(len - done, e.offset + e.length - pos);
+    data_->pieces(e.stored + (pos - e.offset), n, out);
+    done += n;
+    ++i;
+  }
 }
 
 std::string read_exact(const ByteSource& src, uint64_t off, size_t len, const char* format) {

@@ -28,6 +28,14 @@ struct FileRange {
   uint64_t offset;
 };
 
+// One piece of a span (ByteSource::pieces): `len` bytes that are zeros (a hole: no I/O), or lie in
+// a real file (`file`), or neither (read them with read_at).
+struct Piece {
+  uint64_t len = 0;
+  bool zero = false;
+  std::optional<FileRange> file;
+};
+
 class ByteSource {
  public:
   virtual ~ByteSource() = default;
@@ -41,6 +49,12 @@ class ByteSource {
     (void)off;
     (void)len;
     return std::nullopt;
+  }
+  // Splits [off, off + len) (inside size(), len > 0) into consecutive pieces, appended to `out`,
+  // so that a reader can splice file spans and fill holes without reading them. By default, one
+  // piece: file_range() or bytes to read.
+  virtual void pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const {
+    out.push_back(Piece{len, false, file_range(off, len)});
   }
   // Short description for error messages (a path, "member x of y", ...).
   virtual std::string describe() const { return "<bytes>"; }
@@ -76,6 +90,7 @@ class SubSource final : public ByteSource {
   uint64_t size() const override { return length_; }
   size_t read_at(uint64_t off, void* buf, size_t len) const override;
   std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
+  void pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const override;
   std::string describe() const override;
   const SourcePtr& parent() const { return parent_; }
   uint64_t offset() const { return offset_; }
@@ -114,6 +129,37 @@ class ConcatSource final : public ByteSource {
   std::vector<SourcePtr> parts_;
   std::vector<uint64_t> starts_;
   uint64_t total_ = 0;
+};
+
+// A file with holes (a sparse tar member): `extents` are its data regions, ascending and
+// disjoint, each `length` bytes at logical `offset`, stored back to back in `data` (extent i at
+// data offset = the lengths of extents 0..i-1); everything else reads as zeros without any I/O.
+// file_range() answers for spans inside one extent, so data regions are spliced as usual.
+class SparseSource final : public ByteSource {
+ public:
+  struct Extent {
+    uint64_t offset = 0;  // logical
+    uint64_t length = 0;
+  };
+  // Throws FormatError when extents overlap, go backwards, pass `size` or need more than `data`.
+  SparseSource(SourcePtr data, const std::vector<Extent>& extents, uint64_t size, std::string what = {});
+  uint64_t size() const override { return size_; }
+  size_t read_at(uint64_t off, void* buf, size_t len) const override;
+  std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
+  void pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const override;
+  std::string describe() const override { return what_.empty() ? "sparse " + data_->describe() : what_; }
+  size_t extent_count() const { return ext_.size(); }
+
+ private:
+  struct Ext {
+    uint64_t offset, length, stored;
+  };
+  // The first extent ending after `off` (ext_.size() if none).
+  size_t find(uint64_t off) const;
+  SourcePtr data_;
+  std::vector<Ext> ext_;
+  uint64_t size_;
+  std::string what_;
 };
 
 // Reads exactly len bytes at off or throws FormatError(format, off, "truncated: ...").

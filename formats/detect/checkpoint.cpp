@@ -13,6 +13,7 @@
 #include "formats/gzip/gzip_index.h"
 #include "formats/nemo/nemo.h"
 #include "formats/safetensors/safetensors.h"
+#include "formats/tar/tar.h"
 #include "formats/torch/torch.h"
 
 namespace nemofs {
@@ -74,7 +75,9 @@ Format sniff(const ByteSource& src) {
       }
     }
   }
+  // A tar: `ustar` magic, or (v7 / pre-POSIX, no magic) a header whose checksum holds.
   if (n >= 263 && std::memcmp(head + 257, "ustar", 5) == 0) return Format::Tar;
+  if (n == 512 && tar_checksum_ok(head)) return Format::Tar;
   return Format::Unknown;
 }
 

@@ -113,6 +113,8 @@ NemoArchive build_nemo(Tree& tree, const SourcePtr& archive) {
       nemo.warnings.push_back(e.name + ": special member (type '" + std::string(1, e.typeflag) + "') not shown");
       continue;
     }
+    if (e.mtime_clamped)
+      nemo.warnings.push_back(e.name + ": mtime out of range (negative or past year 2262), shown as " + std::to_string(e.mtime));
     if (path.empty()) {
       if (e.type != TarType::Dir) throw FormatError("nemo", e.header_offset, "a non-directory member named '" + e.name + "'");
       tree.mutable_node(Tree::kRoot).mode = e.mode;
@@ -132,7 +134,14 @@ NemoArchive build_nemo(Tree& tree, const SourcePtr& archive) {
       auto existing = tree.lookup(parent, leaf);
       if (existing && tree.node(*existing).type == NodeType::Dir)
         throw FormatError("nemo", e.header_offset, "'" + path + "' is both a folder and a file in the archive");
-      id = tree.add_file(parent, leaf, make_sub(archive, e.data_offset, e.size, path), /*replace=*/true);
+      SourcePtr data = make_sub(archive, e.data_offset, e.stored_size, path);
+      if (e.sparse) {
+        std::vector<SparseSource::Extent> ext;
+        ext.reserve(e.regions.size());
+        for (const auto& r : e.regions) ext.push_back({r.offset, r.length});
+        data = std::make_shared<SparseSource>(std::move(data), ext, e.size, path);
+      }
+      id = tree.add_file(parent, leaf, std::move(data), /*replace=*/true);
     }
     tree.mutable_node(id).mode = e.mode;
     tree.mutable_node(id).mtime = e.mtime;

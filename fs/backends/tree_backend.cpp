@@ -106,9 +106,38 @@ void read_source(const ByteSource& src, uint64_t off, size_t size, ReadResult& o
     out.segments.push_back(ReadSegment{fr->fd, fr->offset, n, 0});
     return;
   }
-  out.memory.reset(new char[n]);
-  size_t got = src.read_at(off, out.memory.get(), n);
-  out.segments.push_back(ReadSegment{-1, 0, got, 0});
+  // Pieces: file spans are spliced; holes (a sparse member) are zeros without any I/O; the rest
+  // is read.
+  std::vector<Piece> pieces;
+  src.pieces(off, n, pieces);
+  size_t mem = 0;
+  for (const auto& p : pieces)
+    if (!p.file) mem += p.len;
+  if (mem) out.memory.reset(new char[mem]);
+  size_t mem_off = 0, pos = 0;
+  for (const auto& p : pieces) {
+    size_t len = static_cast<size_t>(p.len);
+    if (p.file) {
+      out.segments.push_back(ReadSegment{p.file->fd, p.file->offset, len, 0});
+    } else {
+      char* dst = out.memory.get() + mem_off;
+      if (p.zero) {
+        std::memset(dst, 0, len);
+      } else {
+        size_t got = src.read_at(off + pos, dst, len);
+        if (got != len) {
+          out.segments.push_back(ReadSegment{-1, 0, got, mem_off});
+          return;
+        }
+      }
+      if (!out.segments.empty() && out.segments.back().fd < 0 && out.segments.back().mem_off + out.segments.back().len == mem_off)
+        out.segments.back().len += len;
+      else
+        out.segments.push_back(ReadSegment{-1, 0, len, mem_off});
+      mem_off += len;
+    }
+    pos += len;
+  }
 }
 
 void TreeBackend::read(Ino ino, uint64_t fh, uint64_t off, size_t size, ReadResult& out) {

@@ -110,14 +110,28 @@ void Editor::copy_up(MemberNode& n, bool keep_bytes, bool journal) {
   uint64_t size = keep_bytes ? f.size : 0;
   try {
     if (size) {
-      uint64_t done = 0;
-      if (auto fr = f.base->file_range(0, size)) done = io::copy_range(fr->fd, fr->offset, fd.get(), 0, size, "copy-up");
-      std::vector<char> buf(1 << 20);
-      while (done < size) {  // a member inside a gzip stream
-        size_t want = static_cast<size_t>(std::min<uint64_t>(size - done, buf.size()));
-        if (f.base->read_at(done, buf.data(), want) != want) throw SysError(EIO, "copy-up: member shorter than expected");
-        io::pwrite_full(fd.get(), buf.data(), want, done, "copy-up");
-        done += want;
+      // File spans by copy_file_range, holes of a sparse member left holes, the rest (a member
+      // inside a gzip stream) read and written.
+      std::vector<Piece> pieces;
+      if (auto fr = f.base->file_range(0, size)) pieces.push_back(Piece{size, false, fr});
+      else f.base->pieces(0, size, pieces);
+      io::ftruncate(fd.get(), size, "copy-up");
+      std::vector<char> buf;
+      uint64_t at = 0;
+      for (const auto& p : pieces) {
+        if (p.file) {
+          if (io::copy_range(p.file->fd, p.file->offset, fd.get(), at, p.len, "copy-up") != p.len)
+            throw SysError(EIO, "copy-up: member shorter than expected");
+        } else if (!p.zero) {
+          buf.resize(1 << 20);
+          for (uint64_t done = 0; done < p.len;) {
+            size_t want = static_cast<size_t>(std::min<uint64_t>(p.len - done, buf.size()));
+            if (f.base->read_at(at + done, buf.data(), want) != want) throw SysError(EIO, "copy-up: member shorter than expected");
+            io::pwrite_full(fd.get(), buf.data(), want, at + done, "copy-up");
+            done += want;
+          }
+        }
+        at += p.len;
       }
     }
     io::fdatasync(fd.get(), "copy-up");

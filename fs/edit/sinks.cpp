@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <memory>
+#include <vector>
 
 #include "formats/core/errors.h"
 #include "formats/core/io.h"
@@ -98,19 +100,46 @@ void FileSink::finish() {
   io::ftruncate(fd_, offset_, "sizing the new archive");
 }
 
+void FileSink::zeros(uint64_t n) {
+  offset_ += n;  // a hole of the new file (finish() sizes it)
+  if (progress_) progress_(offset_);
+}
+
+void ArchiveSink::zeros(uint64_t n) {
+  static const char kZeros[64 << 10] = {};
+  while (n) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(n, sizeof kZeros));
+    bytes(kZeros, want);
+    n -= want;
+  }
+}
+
 void ArchiveSink::source(const ByteSource& src, uint64_t off, uint64_t len) {
   if (len == 0) return;
   if (auto fr = src.file_range(off, len)) {
     range(fr->fd, fr->offset, len);
     return;
   }
-  std::unique_ptr<char[]> buf(new char[1 << 20]);
-  while (len) {
-    size_t want = static_cast<size_t>(std::min<uint64_t>(len, 1 << 20));
-    if (src.read_at(off, buf.get(), want) != want) throw SysError(EIO, src.describe() + ": shorter than expected");
-    bytes(buf.get(), want);
-    off += want;
-    len -= want;
+  std::vector<Piece> pieces;
+  src.pieces(off, len, pieces);
+  std::unique_ptr<char[]> buf;
+  for (const auto& p : pieces) {
+    if (p.zero) {
+      zeros(p.len);
+    } else if (p.file) {
+      range(p.file->fd, p.file->offset, p.len);
+    } else {
+      if (!buf) buf.reset(new char[1 << 20]);
+      uint64_t o = off, left = p.len;
+      while (left) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(left, 1 << 20));
+        if (src.read_at(o, buf.get(), want) != want) throw SysError(EIO, src.describe() + ": shorter than expected");
+        bytes(buf.get(), want);
+        o += want;
+        left -= want;
+      }
+    }
+    off += p.len;
   }
 }
 

@@ -19,7 +19,10 @@ class ArchiveSink {
   virtual void bytes(const char* p, size_t n) = 0;
   // `len` bytes of `fd` at `off`.
   virtual void range(int fd, uint64_t off, uint64_t len) = 0;
-  // `len` bytes of `src` at `off`: range() when they lie in a file, else read through a buffer.
+  // `n` zero bytes (a hole of a sparse member): written as zeros, or left a hole in a plain file.
+  virtual void zeros(uint64_t n);
+  // `len` bytes of `src` at `off`: range() where they lie in a file, zeros() for its holes, else
+  // read through a buffer.
   virtual void source(const ByteSource& src, uint64_t off, uint64_t len);
   virtual void finish() = 0;
   uint64_t offset() const { return offset_; }
@@ -48,6 +51,7 @@ class FileSink final : public ArchiveSink {
       : fd_(fd), progress_(std::move(progress)), wb_(wb) {}
   void bytes(const char* p, size_t n) override;
   void range(int fd, uint64_t off, uint64_t len) override;
+  void zeros(uint64_t n) override;
   void finish() override;
 
  private:

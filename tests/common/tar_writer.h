@@ -22,6 +22,10 @@ struct TarHeader {
   uint32_t mode = 0644;
   uint64_t mtime = 1795667668;
   int checksum_delta = 0;        // added to the correct checksum (0 = correct)
+  std::string raw_mtime;         // when non-empty: the 12 mtime-field bytes verbatim
+  bool v7 = false;               // no magic, version, uname or gname (a pre-POSIX header)
+  bool signed_checksum = false;  // the checksum as a signed-char sum (historic Unix tars)
+  std::string at386;             // bytes written from offset 386 (old GNU sparse map, isextended, realsize)
 };
 
 inline std::string octal_field(uint64_t v, size_t len) {
@@ -52,17 +56,21 @@ inline std::string tar_header_block(const TarHeader& h) {
   } else {
     put(124, octal_field(h.size, 12), 12);
   }
-  put(136, octal_field(h.mtime, 12), 12);
+  if (!h.raw_mtime.empty()) put(136, h.raw_mtime, 12);
+  else put(136, octal_field(h.mtime, 12), 12);
   b[156] = h.typeflag;
   put(157, h.linkname, 100);
-  if (h.gnu_magic) put(257, std::string("ustar  \0", 8), 8);
-  else put(257, std::string("ustar\0" "00", 8), 8);
-  put(265, "root", 32);
-  put(297, "root", 32);
+  if (!h.v7) {
+    if (h.gnu_magic) put(257, std::string("ustar  \0", 8), 8);
+    else put(257, std::string("ustar\0" "00", 8), 8);
+    put(265, "root", 32);
+    put(297, "root", 32);
+  }
   if (!h.prefix.empty()) put(345, h.prefix, 155);
+  if (!h.at386.empty()) put(386, h.at386, 126);
   std::memset(&b[148], ' ', 8);
   unsigned sum = 0;
-  for (unsigned char c : b) sum += c;
+  for (unsigned char c : b) sum += h.signed_checksum ? static_cast<unsigned>(static_cast<int>(static_cast<signed char>(c))) : c;
   sum = static_cast<unsigned>(static_cast<int>(sum) + h.checksum_delta);
   char ck[8];
   std::snprintf(ck, sizeof ck, "%06o", sum & 0777777);

@@ -208,10 +208,52 @@ TEST(TarDefects, EachRefusedForItsOwnReason) {
        "bad number in pax record size"},
       {"pax_size_overflows", [] { return pax_block(pax_record("size", "99999999999999999999999")) + header_only("f", "") + tar_end(); },
        "size: arithmetic overflow"},
-      {"gnu_sparse_member", [] { TarHeader h; h.typeflag = 'S'; h.gnu_magic = true; return header_only("s", "", h) + tar_end(); },
-       "GNU sparse members are not supported"},
-      {"pax_gnu_sparse", [] { return pax_block(pax_record("GNU.sparse.major", "1")) + header_only("s", "") + tar_end(); },
-       "GNU sparse members are not supported"},
+      // Sparse maps (pax 0.1 records here; every encoding shares the checks): each refusal names
+      // the member and the header's offset.
+      {"sparse_map_backwards", [] {
+         return pax_block(pax_record("GNU.sparse.size", "100") + pax_record("GNU.sparse.map", "50,10,0,10")) +
+                header_only("s", std::string(20, 'd')) + tar_end();
+       }, "sparse map goes backwards"},
+      {"sparse_map_overlap", [] {
+         return pax_block(pax_record("GNU.sparse.size", "100") + pax_record("GNU.sparse.map", "0,10,5,10")) +
+                header_only("s", std::string(20, 'd')) + tar_end();
+       }, "sparse map regions overlap"},
+      {"sparse_map_past_logical_size", [] {
+         return pax_block(pax_record("GNU.sparse.size", "100") + pax_record("GNU.sparse.map", "95,10")) +
+                header_only("s", std::string(10, 'd')) + tar_end();
+       }, "sparse map runs past the logical size"},
+      {"sparse_data_past_member", [] {
+         return pax_block(pax_record("GNU.sparse.size", "100") + pax_record("GNU.sparse.map", "0,10,20,10")) +
+                header_only("s", std::string(15, 'd')) + tar_end();
+       }, "sparse data runs past the member"},
+      {"sparse_map10_cut", [] {
+         return pax_block(pax_record("GNU.sparse.major", "1") + pax_record("GNU.sparse.minor", "0") +
+                          pax_record("GNU.sparse.realsize", "100")) +
+                header_only("s", "2\n0\n10") + tar_end();
+       }, "sparse map (format 1.0) runs past the member's data"},
+      {"sparse_unknown_version", [] {
+         return pax_block(pax_record("GNU.sparse.major", "2") + pax_record("GNU.sparse.minor", "0") +
+                          pax_record("GNU.sparse.realsize", "100")) + header_only("s", "") + tar_end();
+       }, "GNU sparse format 2.0 is not known"},
+      {"sparse_without_size", [] {
+         return pax_block(pax_record("GNU.sparse.map", "0,1")) + header_only("s", "d") + tar_end();
+       }, "without GNU.sparse.size or GNU.sparse.realsize"},
+      {"sparse_numbytes_without_offset", [] {
+         return pax_block(pax_record("GNU.sparse.size", "10") + pax_record("GNU.sparse.numbytes", "1")) +
+                header_only("s", "d") + tar_end();
+       }, "GNU.sparse.numbytes without a GNU.sparse.offset"},
+      {"sparse_map01_odd", [] {
+         return pax_block(pax_record("GNU.sparse.size", "10") + pax_record("GNU.sparse.map", "0,1,5")) +
+                header_only("s", "d") + tar_end();
+       }, "GNU.sparse.map has an odd count of numbers"},
+      {"oldgnu_extension_past_eof", [] {
+         TarHeader h; h.typeflag = 'S'; h.gnu_magic = true; h.name = "s";
+         std::string area(4 * 24, '\0');
+         area += '\1';
+         area += octal_field(10, 12);
+         h.at386 = area;
+         return tar_header_block(h);
+       }, "sparse extension block runs past the end of the archive"},
   };
   ASSERT_NO_THROW(nemo_tree(valid_archive()));
   for (const auto& c : cases) {
