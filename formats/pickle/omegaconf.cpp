@@ -79,11 +79,17 @@ namespace {
 // ------------------------------------------------------------------------------------------------
 // The data to_container(cfg, resolve=False, enum_to_str=True) gives, as a small tree.
 
+struct YEntry;
 struct YNode {
   enum class T : uint8_t { Null, Bool, Int, Float, Str, Map, Seq } t = T::Null;
   std::string text;  // Int/BigInt: decimal; Float: PyYAML's text; Str: UTF-8; Bool: true/false
-  std::vector<std::pair<YNode, YNode>> map;
+  // (A vector of a struct declared here, not of std::pair<YNode, YNode>: pair of an incomplete
+  // type is refused by clang with libstdc++.)
+  std::vector<YEntry> map;
   std::vector<YNode> seq;
+};
+struct YEntry {
+  YNode first, second;
 };
 
 // Python's repr() of a finite double, as PyYAML's represent_float writes it (lower case, ".0"
@@ -196,7 +202,7 @@ class Plain {
           replaced = true;
           break;
         }
-      if (!replaced) out.map.emplace_back(std::move(key), std::move(val));
+      if (!replaced) out.map.push_back(YEntry{std::move(key), std::move(val)});
     }
     return true;
   }
