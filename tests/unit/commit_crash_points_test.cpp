@@ -40,6 +40,7 @@
 #include "formats/detect/checkpoint.h"
 #include "fs/backends/writable_backend.h"
 #include "tests/common/manifest_check.h"
+#include "tests/unit/backend_util.h"
 
 using namespace nemofs;
 using namespace nemofs::testing;
@@ -109,37 +110,7 @@ struct TempDir {
   ~TempDir() { std::filesystem::remove_all(path); }
 };
 
-struct CacheHome {
-  std::string saved;
-  bool had;
-  explicit CacheHome(const std::string& dir) {
-    const char* old = std::getenv("XDG_CACHE_HOME");
-    had = old != nullptr;
-    if (had) saved = old;
-    ::setenv("XDG_CACHE_HOME", dir.c_str(), 1);
-  }
-  ~CacheHome() {
-    if (had) ::setenv("XDG_CACHE_HOME", saved.c_str(), 1);
-    else ::unsetenv("XDG_CACHE_HOME");
-  }
-};
 
-std::string read_all(Backend& b, Ino ino) {
-  ReadResult r;
-  b.read(ino, 0, 0, 1 << 24, r);
-  std::string out;
-  for (const auto& s : r.segments) {
-    if (s.fd < 0) {
-      out.append(r.memory.get() + s.mem_off, s.len);
-    } else {
-      std::string buf(s.len, '\0');
-      if (::pread(s.fd, buf.data(), s.len, static_cast<off_t>(s.pos)) != static_cast<ssize_t>(s.len))
-        throw std::runtime_error("short read");
-      out += buf;
-    }
-  }
-  return out;
-}
 
 std::unique_ptr<WritableBackend> open_backend(const std::string& archive) {
   Checkpoint cp = open_checkpoint(archive);

@@ -17,6 +17,7 @@
 #include "formats/nemo/nemo.h"
 #include "fs/backends/writable_backend.h"
 #include "tests/common/manifest_check.h"
+#include "tests/unit/backend_util.h"
 
 using namespace nemofs;
 using namespace nemofs::testing;
@@ -67,21 +68,6 @@ struct TempDir {
   ~TempDir() { std::filesystem::remove_all(path); }
 };
 
-// XDG_CACHE_HOME pointed at a folder for the test's life.
-struct CacheHome {
-  std::string saved;
-  bool had;
-  explicit CacheHome(const std::string& dir) {
-    const char* old = std::getenv("XDG_CACHE_HOME");
-    had = old != nullptr;
-    if (had) saved = old;
-    ::setenv("XDG_CACHE_HOME", dir.c_str(), 1);
-  }
-  ~CacheHome() {
-    if (had) ::setenv("XDG_CACHE_HOME", saved.c_str(), 1);
-    else ::unsetenv("XDG_CACHE_HOME");
-  }
-};
 
 std::string read_src(const ByteSource& s) {
   std::string out(s.size(), '\0');

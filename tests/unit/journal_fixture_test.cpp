@@ -33,6 +33,7 @@
 #include "formats/detect/checkpoint.h"
 #include "fs/backends/writable_backend.h"
 #include "tests/common/manifest_check.h"
+#include "tests/unit/backend_util.h"
 #include "tests/common/tar_writer.h"
 
 using namespace nemofs;
@@ -64,21 +65,6 @@ std::unique_ptr<WritableBackend> open_backend(const std::string& archive) {
   return std::make_unique<WritableBackend>(std::move(cp), o);
 }
 
-std::string read_all(Backend& b, Ino ino) {
-  ReadResult r;
-  b.read(ino, 0, 0, 1 << 20, r);
-  std::string out;
-  for (const auto& s : r.segments) {
-    if (s.fd < 0) {
-      out.append(r.memory.get() + s.mem_off, s.len);
-    } else {
-      std::string buf(s.len, '\0');
-      EXPECT_EQ(::pread(s.fd, buf.data(), s.len, static_cast<off_t>(s.pos)), static_cast<ssize_t>(s.len));
-      out += buf;
-    }
-  }
-  return out;
-}
 
 struct TempDir {
   std::string path;

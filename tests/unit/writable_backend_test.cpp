@@ -10,6 +10,7 @@
 #include "formats/detect/checkpoint.h"
 #include "fs/backends/writable_backend.h"
 #include "tests/common/manifest_check.h"
+#include "tests/unit/backend_util.h"
 
 using namespace nemofs;
 using namespace nemofs::testing;
@@ -56,21 +57,6 @@ struct Fixture {
   }
 };
 
-std::string read_all(Backend& b, Ino ino) {
-  ReadResult r;
-  b.read(ino, 0, 0, 1 << 20, r);
-  std::string out;
-  for (const auto& s : r.segments) {
-    if (s.fd < 0) {
-      out.append(r.memory.get() + s.mem_off, s.len);
-    } else {
-      std::string buf(s.len, '\0');
-      EXPECT_EQ(::pread(s.fd, buf.data(), s.len, static_cast<off_t>(s.pos)), static_cast<ssize_t>(s.len));
-      out += buf;
-    }
-  }
-  return out;
-}
 
 bool listed(const std::vector<std::string>& v, const std::string& n) { return std::find(v.begin(), v.end(), n) != v.end(); }
 
