@@ -129,8 +129,19 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
       const auto* file = dynamic_cast<const FileSource*>(src.get());
       auto gz = open_gzip(src, file ? file->path() : std::string());
       auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, gz));
+      // Bytes after the last gzip member (index.h): `gzip -d` and `tar xzf` read on with a warning;
+      // so does a mount, but only when the tar inside ended with its end-of-archive blocks. Without
+      // them the archive may be cut short and the bytes after it part of what is missing.
+      std::string trailing;
+      if (const uint64_t t = gz->index().trailing_at) {
+        if (!nemo->index.end_marker)
+          throw FormatError("gzip", t, "bytes that are not gzip data follow the last gzip member, and the tar inside has no end-of-archive blocks (truncated or damaged archive)");
+        trailing = src->describe() + ": " + std::to_string(gz->index().compressed_size - t) +
+                   " bytes after the last gzip member (at byte " + std::to_string(t) + ") ignored";
+      }
       if (warnings) {
         *warnings = nemo->warnings;
+        if (!trailing.empty()) warnings->push_back(trailing);
         if (!gz->cache_note().empty()) warnings->push_back(gz->cache_note());
       }
       if (keep) *keep = nemo;

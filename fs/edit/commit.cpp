@@ -194,6 +194,7 @@ CommitResult write_archive(const CommitRequest& req) {
       } catch (const FormatError& e) {
         check_failed(e.what());
       }
+      if (gidx->trailing_at) check_failed("bytes after the last gzip member at byte " + std::to_string(gidx->trailing_at));
       GzipSource stream(file, gidx, 8u << 20);
       verify(stream, old, req, total);
       // The next mount (and a mount that stays up) finds the index: a rename keeps the inode and
