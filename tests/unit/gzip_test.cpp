@@ -15,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "tests/unit/scratch_dir.h"
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
 #include "formats/detect/checkpoint.h"
@@ -94,18 +95,7 @@ std::string make_data(size_t n, uint64_t seed) {
   return s;
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string t = (std::filesystem::temp_directory_path() / "nemofs-gzip-XXXXXX").string();
-    if (!::mkdtemp(t.data())) throw std::runtime_error("mkdtemp");
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
+using TempDir = nemofs::testing::ScratchDir;
 
 void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
