@@ -97,7 +97,7 @@ void verify(const ByteSource& out, const ByteSource& old, const std::vector<Comm
     if (it.kind == CommitItem::Kind::Verbatim) {
       const TarEntry& want = it.entry;
       if (got.name != want.name || got.size != want.size || got.typeflag != want.typeflag)
-        throw bad(it.label, "member is not where the plan put it");
+        throw bad(it.label, "member differs from the original");
       const uint64_t hlen = want.data_offset - it.from;
       if (got.data_offset != own + hlen || !same_bytes(out, own, old, it.from, hlen))
         throw bad(it.label, "header blocks differ from the original");
