@@ -5,7 +5,6 @@
 #include <fuse_lowlevel.h>
 #include <malloc.h>
 #include <signal.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -258,11 +257,6 @@ class ReplyPipe {
     r_ = w_ = -1;
     cap_ = 0;
   }
-  // True when the last reply took everything (the normal case); otherwise resets.
-  void settle() {
-    int left = 0;
-    if (r_ >= 0 && (::ioctl(r_, FIONREAD, &left) != 0 || left != 0)) reset();
-  }
 
   static constexpr size_t kPage = 4096;
 
@@ -348,8 +342,9 @@ bool reply_spliced(fuse_req_t req, const ReadResult& r, size_t total) {
   fuse_bufvec bv = FUSE_BUFVEC_INIT(total);
   bv.buf[0].flags = FUSE_BUF_IS_FD;
   bv.buf[0].fd = t_pipe.read_end();
-  fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-  t_pipe.settle();
+  // fuse_reply_data takes the whole pipe (splicing it on, or reading it when it falls back to a
+  // copy) whenever it returns 0; an error may leave bytes in it, which must not lead the next reply.
+  if (fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE) != 0) t_pipe.reset();
   return true;
 }
 
@@ -383,7 +378,9 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
       return;
     }
     size_t total = r.total();
-    if (!reply_spliced(req, r, total)) reply_copied(req, r, total);
+    // Under two pages libfuse copies instead of splicing anyway (fuse_send_data_iov): one pread
+    // here costs fewer system calls than a splice into the pipe and a read back out of it.
+    if (total < 2 * ReplyPipe::kPage || !reply_spliced(req, r, total)) reply_copied(req, r, total);
   });
 }
 
