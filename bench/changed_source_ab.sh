@@ -6,7 +6,8 @@
 #         each one fd segment: spliced through the server's pipe and checked with one fstat)
 #   rand  4 KiB preads at random offsets of it, first touch (one FUSE round trip each: the
 #         fstat is largest next to these), median and p99 in us
-# plus the cost of one fstat(2) (median of 1e6 calls) beside that round trip.
+# plus the cost of one fstat(2) (median of 1e6 calls) beside that round trip, and the extra work of
+# one spliced 128 KiB reply measured without FUSE (the pipe hop and the fstat).
 #
 # usage: bench/changed_source_ab.sh BASE_NEMOFS NEW_NEMOFS [RUNS=5]
 #   WORKDIR (env, default /tmp): where the 1 GiB source is generated. Needs root (FUSE mounts).
@@ -42,6 +43,48 @@ int main(int argc, char** argv) {
 }
 EOF
 cc -O2 -o "$W/bin/fstat_ns" "$W/fstat.c"
+# The extra work of a spliced reply, without FUSE: file -> pipe -> /dev/null (what libfuse does
+# alone) against file -> pipe, fstat, pipe -> pipe -> /dev/null (the server now), 128 KiB replies.
+cat > "$W/hop.c" <<'EOF2'
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
+static void mkpipe(int p[2]) { if (pipe2(p, O_NONBLOCK)) abort(); fcntl(p[0], F_SETPIPE_SZ, 1 << 20); }
+static int cmp(const void* a, const void* b) { double x = *(const double*)a, y = *(const double*)b; return x < y ? -1 : x > y; }
+int main(int argc, char** argv) {
+  int fd = open(argv[1], O_RDONLY), null = open("/dev/null", O_WRONLY), a[2], b[2], n = 5000;
+  size_t len = 128 << 10;
+  struct stat st;
+  double d[9];
+  mkpipe(a); mkpipe(b);
+  for (int r = 0; r < 9; ++r) {
+    double t0 = now();
+    for (int i = 0; i < n; ++i) {
+      loff_t off = (loff_t)(i % 4000) * len + 8;
+      splice(fd, &off, b[1], NULL, len, SPLICE_F_NONBLOCK);
+      splice(b[0], NULL, null, NULL, len, 0);
+    }
+    double t1 = now();
+    for (int i = 0; i < n; ++i) {
+      loff_t off = (loff_t)(i % 4000) * len + 8;
+      splice(fd, &off, a[1], NULL, len, SPLICE_F_NONBLOCK);
+      fstat(fd, &st);
+      splice(a[0], NULL, b[1], NULL, len, SPLICE_F_NONBLOCK);
+      splice(b[0], NULL, null, NULL, len, 0);
+    }
+    d[r] = ((now() - t1) - (t1 - t0)) / n;
+  }
+  qsort(d, 9, sizeof d[0], cmp);
+  printf("%.0f\n", d[4]);
+  return 0;
+}
+EOF2
+cc -O2 -o "$W/bin/hop_ns" "$W/hop.c"
 
 # A safetensors file with one 1 GiB F32 tensor of pseudo-random bytes.
 python3 - "$W/src.safetensors" <<'EOF'
@@ -90,3 +133,4 @@ for row in seq rand_med rand_p99; do
   echo "  new:  ${T[new.$row]}" >&2
 done
 echo "one fstat(2): ${FSTAT} ns (median of 21 x 47,619 calls)"
+echo "extra per spliced 128 KiB reply (pipe hop + fstat, no FUSE): $("$W/bin/hop_ns" "$W/src.safetensors") ns (median of 9 x 5,000)"
