@@ -24,10 +24,12 @@ FileSource::FileSource(const std::string& path) : path_(path) {
   if (::fstat(fd_.get(), &st) != 0) throw_sys(errno, path + ": cannot stat");
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) throw SysError(EINVAL, path + ": not a regular file");
   size_ = static_cast<uint64_t>(st.st_size);
+  guard_ = std::make_unique<SourceGuard>(fd_.get(), st, path_);
 }
 
 size_t FileSource::read_at(uint64_t off, void* buf, size_t len) const {
   if (off >= size_) return 0;
+  guard_->check_flag();
   len = static_cast<size_t>(std::min<uint64_t>(len, size_ - off));
   size_t done = 0;
   try {
@@ -35,13 +37,16 @@ size_t FileSource::read_at(uint64_t off, void* buf, size_t len) const {
   } catch (const SysError& e) {
     throw_sys(e.err(), path_ + ": read failed");
   }
-  if (done != len) throw SysError(EIO, path_ + ": file shrank while mounted (read past its end)");
+  if (done != len) guard_->fail_short();
+  // After the bytes are taken: unchanged now means they were the indexed file's.
+  guard_->check();
   return done;
 }
 
 std::optional<FileRange> FileSource::file_range(uint64_t off, uint64_t len) const {
   if (len == 0 || off > size_ || len > size_ - off) return std::nullopt;
-  return FileRange{fd_.get(), off};
+  guard_->check_flag();
+  return FileRange{fd_.get(), off, guard_.get()};
 }
 
 SubSource::SubSource(SourcePtr parent, uint64_t offset, uint64_t length, std::string what)

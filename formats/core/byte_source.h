@@ -19,13 +19,18 @@
 #include <vector>
 
 #include "formats/core/io.h"
+#include "formats/core/source_guard.h"
 
 namespace nemofs {
 
 // A span of a real, open file descriptor (owned by the source; valid while the source lives).
+// `guard`, when set, tells whether the file still holds the bytes that were indexed: whoever
+// copies or splices the span calls guard->check() after taking the bytes and before handing them
+// on (source_guard.h).
 struct FileRange {
   int fd;
   uint64_t offset;
+  const SourceGuard* guard = nullptr;
 };
 
 // One piece of a span (ByteSource::pieces): `len` bytes that are zeros (a hole: no I/O), or lie in
@@ -58,12 +63,21 @@ class ByteSource {
   }
   // Short description for error messages (a path, "member x of y", ...).
   virtual std::string describe() const { return "<bytes>"; }
+  // Throws SysError(EIO) when a source file this source's bytes come from is no longer the one
+  // that was indexed (SourceGuard::check: one fstat per file). read_at of a FileSource checks by
+  // itself; a source that answers from bytes it keeps (an inflate cache) calls this after a hit,
+  // so that a changed file answers EIO from then on whatever is cached; copy-up and the FUSE edge
+  // call it (or FileRange::guard) after taking bytes of file_range()s. Every source that reads
+  // another one forwards to it; a source of bytes in memory has nothing to check.
+  virtual void verify() const {}
 };
 
 using SourcePtr = std::shared_ptr<const ByteSource>;
 
-// A real file opened read-only. Its size is taken at open time; reads past a shrunk file are
-// IoErrors, never silent zeros.
+// A real file opened read-only. Its identity (size, inode, times) is taken at open time, before it
+// is indexed; every read_at checks it after reading (SourceGuard), so bytes of a file truncated or
+// rewritten since are EIO, never short, zeros or foreign. file_range() hands out the guard with
+// the span for whoever splices it.
 class FileSource final : public ByteSource {
  public:
   explicit FileSource(const std::string& path);  // throws SysError
@@ -74,13 +88,16 @@ class FileSource final : public ByteSource {
   size_t read_at(uint64_t off, void* buf, size_t len) const override;
   std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
   std::string describe() const override { return path_; }
+  void verify() const override { guard_->check(); }
   int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }
+  const SourceGuard& guard() const { return *guard_; }
 
  private:
   std::string path_;
   UniqueFd fd_;
   uint64_t size_ = 0;
+  std::unique_ptr<SourceGuard> guard_;
 };
 
 // [offset, offset + length) of a parent source. Construction checks the range lies inside.
@@ -92,6 +109,7 @@ class SubSource final : public ByteSource {
   std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
   void pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const override;
   std::string describe() const override;
+  void verify() const override { parent_->verify(); }
   const SourcePtr& parent() const { return parent_; }
   uint64_t offset() const { return offset_; }
 
@@ -124,6 +142,9 @@ class ConcatSource final : public ByteSource {
   uint64_t size() const override { return total_; }
   size_t read_at(uint64_t off, void* buf, size_t len) const override;
   std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
+  void verify() const override {
+    for (const auto& p : parts_) p->verify();
+  }
 
  private:
   std::vector<SourcePtr> parts_;
@@ -148,6 +169,7 @@ class SparseSource final : public ByteSource {
   std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
   void pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const override;
   std::string describe() const override { return what_.empty() ? "sparse " + data_->describe() : what_; }
+  void verify() const override { data_->verify(); }
   size_t extent_count() const { return ext_.size(); }
 
  private:

@@ -334,12 +334,20 @@ size_t ShardedTensorSource::read_at(uint64_t off, void* buf, size_t len) const {
         iov.push_back(iovec{out + r.dst, static_cast<size_t>(r.len)});
         next = r.local + r.len;
       }
-      if (io::preadv_full(c.fr->fd, iov.data(), iov.size(), c.fr->offset + start) != next - start)
+      if (io::preadv_full(c.fr->fd, iov.data(), iov.size(), c.fr->offset + start) != next - start) {
+        if (c.fr->guard) c.fr->guard->fail_short();
         throw SysError(EIO, what_ + ": chunk " + c.what + ": file ended early");
+      }
     }
+    // Read straight from the chunk's file: its identity is checked here, once the bytes are in.
+    if (c.fr->guard) c.fr->guard->check();
     i = j;
   }
   return len;
+}
+
+void ShardedTensorSource::verify() const {
+  for (uint32_t id = 0; id < chunks_.size(); ++id) ready(id).src->verify();
 }
 
 std::optional<FileRange> ShardedTensorSource::file_range(uint64_t off, uint64_t len) const {
@@ -349,7 +357,8 @@ std::optional<FileRange> ShardedTensorSource::file_range(uint64_t off, uint64_t 
   if (runs.size() != 1) return std::nullopt;
   const Chunk& c = ready(runs[0].chunk);
   if (!c.fr) return std::nullopt;
-  return FileRange{c.fr->fd, c.fr->offset + runs[0].local};
+  if (c.fr->guard) c.fr->guard->check_flag();
+  return FileRange{c.fr->fd, c.fr->offset + runs[0].local, c.fr->guard};
 }
 
 }  // namespace nemofs::dcp

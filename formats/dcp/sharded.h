@@ -62,6 +62,7 @@ class ShardedTensorSource final : public ByteSource {
   size_t read_at(uint64_t off, void* buf, size_t len) const override;
   std::optional<FileRange> file_range(uint64_t off, uint64_t len) const override;
   std::string describe() const override { return what_; }
+  void verify() const override;  // every chunk's file (opening the chunks not opened yet)
 
   size_t chunk_count() const { return chunks_.size(); }
   // How many chunks have been opened so far (tests check that reads touch only what they overlap).

@@ -346,6 +346,9 @@ size_t GzipSource::read_at(uint64_t off, void* buf, size_t len) const {
     std::memcpy(out + done, blk->data + (pos - bs), n);
     done += n;
   }
+  // Blocks from the cache (or inflated from input a parked cursor read earlier) were the file's
+  // when they were read; a file changed since answers EIO from then on, cached or not.
+  compressed_->verify();
   return len;
 }
 

@@ -35,9 +35,11 @@ class GzipSource final : public ByteSource {
              GzipIndexOrigin origin = GzipIndexOrigin::Built, std::string note = {});
   ~GzipSource() override;
   uint64_t size() const override;
-  // Throws SysError(EIO) when the compressed bytes no longer inflate to what was indexed.
+  // Throws SysError(EIO) when the compressed bytes no longer inflate to what was indexed, or the
+  // file changed since it was opened (checked after every read, cache hits included).
   size_t read_at(uint64_t off, void* buf, size_t len) const override;
   std::string describe() const override;
+  void verify() const override { compressed_->verify(); }
 
   const GzipIndex& index() const { return *index_; }
   const SourcePtr& compressed() const { return compressed_; }

@@ -34,6 +34,7 @@ class StridedSource final : public ByteSource {
 
   uint64_t size() const override { return size_; }
   std::string describe() const override { return what_; }
+  void verify() const override { storage_->verify(); }
 
   size_t read_at(uint64_t off, void* buf, size_t len) const override {
     if (off >= size_ || len == 0) return 0;

@@ -28,9 +28,11 @@ class InflateSource final : public ByteSource {
     if (off >= data_.size()) return 0;
     size_t n = static_cast<size_t>(std::min<uint64_t>(len, data_.size() - off));
     std::memcpy(buf, data_.data() + off, n);
+    compressed_->verify();  // the kept bytes are the old file's: a changed file answers EIO
     return n;
   }
   std::string describe() const override { return what_; }
+  void verify() const override { compressed_->verify(); }
 
  private:
   void inflate_all() const {

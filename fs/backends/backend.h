@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "formats/core/errors.h"
+#include "formats/core/source_guard.h"
 #include "fs/edit/ino.h"
 
 namespace nemofs {
@@ -36,12 +37,15 @@ struct OpenResult {
 };
 
 // The answer to a read: a list of segments, each either a span of a real file (spliced by the
-// kernel, never copied through user space) or bytes in memory.
+// kernel, never copied through user space) or bytes in memory. Every file segment must be sent
+// whole: whoever sends it takes its bytes (a splice into a pipe, a pread), then checks its guard
+// (verify_guards), and answers EIO for a segment that came back short; never a short reply.
 struct ReadSegment {
   int fd = -1;        // >= 0: file segment
   uint64_t pos = 0;   // offset in fd
   size_t len = 0;
   size_t mem_off = 0; // < 0 fd: offset into ReadResult::memory
+  const SourceGuard* guard = nullptr;  // file segments of a source file: its identity check
 };
 struct ReadResult {
   std::vector<ReadSegment> segments;
@@ -50,6 +54,17 @@ struct ReadResult {
     size_t t = 0;
     for (const auto& s : segments) t += s.len;
     return t;
+  }
+  // SourceGuard::check() of each file segment's guard, once per guard (a handful of segments: a
+  // linear scan). Call after the segments' bytes were taken. Throws SysError(EIO).
+  void verify_guards() const {
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const SourceGuard* g = segments[i].guard;
+      if (!g) continue;
+      bool seen = false;
+      for (size_t j = 0; j < i && !seen; ++j) seen = segments[j].guard == g;
+      if (!seen) g->check();
+    }
   }
 };
 

@@ -103,7 +103,7 @@ void read_source(const ByteSource& src, uint64_t off, size_t size, ReadResult& o
   if (off >= total || size == 0) return;
   size_t n = static_cast<size_t>(std::min<uint64_t>(size, total - off));
   if (auto fr = src.file_range(off, n)) {
-    out.segments.push_back(ReadSegment{fr->fd, fr->offset, n, 0});
+    out.segments.push_back(ReadSegment{fr->fd, fr->offset, n, 0, fr->guard});
     return;
   }
   // Pieces: file spans are spliced; holes (a sparse member) are zeros without any I/O; the rest
@@ -118,22 +118,23 @@ void read_source(const ByteSource& src, uint64_t off, size_t size, ReadResult& o
   for (const auto& p : pieces) {
     size_t len = static_cast<size_t>(p.len);
     if (p.file) {
-      out.segments.push_back(ReadSegment{p.file->fd, p.file->offset, len, 0});
+      out.segments.push_back(ReadSegment{p.file->fd, p.file->offset, len, 0, p.file->guard});
     } else {
       char* dst = out.memory.get() + mem_off;
       if (p.zero) {
         std::memset(dst, 0, len);
       } else {
+        // Inside size(): fewer bytes mean the source lost some, and a short reply would tell the
+        // reader (and the kernel, which then shrinks the file) that the file ends here.
         size_t got = src.read_at(off + pos, dst, len);
-        if (got != len) {
-          out.segments.push_back(ReadSegment{-1, 0, got, mem_off});
-          return;
-        }
+        if (got != len)
+          throw SysError(EIO, src.describe() + ": " + std::to_string(got) + " of " + std::to_string(len) +
+                                  " bytes at " + std::to_string(off + pos) + " could be read");
       }
       if (!out.segments.empty() && out.segments.back().fd < 0 && out.segments.back().mem_off + out.segments.back().len == mem_off)
         out.segments.back().len += len;
       else
-        out.segments.push_back(ReadSegment{-1, 0, len, mem_off});
+        out.segments.push_back(ReadSegment{-1, 0, len, mem_off, nullptr});
       mem_off += len;
     }
     pos += len;

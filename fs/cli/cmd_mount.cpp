@@ -1,5 +1,6 @@
 // `nemofs mount` and `nemofs inspect`: validate and index SOURCE before anything is mounted.
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <climits>
@@ -11,6 +12,7 @@
 
 #include "formats/core/errors.h"
 #include "formats/core/io.h"
+#include "formats/core/source_guard.h"
 #include "formats/detect/checkpoint.h"
 #include "fs/backends/backend_factory.h"
 #include "fs/cli/cli.h"
@@ -46,6 +48,18 @@ std::string real_path(const std::string& p) {
   char buf[PATH_MAX];
   if (!::realpath(p.c_str(), buf)) return {};
   return buf;
+}
+
+// The mount whose daemon this is, for the changed-source reporter (one mount per process).
+std::string g_mountpoint;
+
+// Told once per source file that changed under the mount (SourceGuard): a warning where the
+// daemon's messages go (stderr in the foreground, syslog as a daemon) and the state file, so that
+// `nemofs status` shows it.
+void report_source_changed(const std::string& path, const std::string& message) {
+  std::fprintf(stderr, "nemofs: warning: %s\n", message.c_str());
+  ::syslog(LOG_WARNING, "nemofs: %s: warning: %s", g_mountpoint.c_str(), message.c_str());
+  note_source_changed(g_mountpoint, path);
 }
 
 // Opens the checkpoint, printing the one-line error and returning the exit code on failure.
@@ -240,6 +254,8 @@ int cmd_mount(const std::vector<std::string>& args) {
       std::fprintf(stderr, "nemofs: warning: %s\n", e.what());
     }
   };
+  g_mountpoint = mp;
+  SourceGuard::set_reporter(&report_source_changed);
   so.on_finished = [&backend, mp] {
     try {
       write_result(mp, backend.outcome_ok(), backend.outcome_message());

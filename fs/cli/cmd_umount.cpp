@@ -103,7 +103,7 @@ int cmd_status(const std::vector<std::string>& args) {
   for (const auto& m : nemofs_mounts()) {
     nlohmann::json e{{"source", m.source}, {"mountpoint", m.mountpoint}};
     if (auto st = read_state(m.mountpoint)) {
-      for (const char* k : {"pid", "format", "mode", "pending_edits", "warnings"})
+      for (const char* k : {"pid", "format", "mode", "pending_edits", "warnings", "source_changed"})
         if (st->contains(k)) e[k] = (*st)[k];
     }
     list.push_back(std::move(e));
@@ -124,6 +124,11 @@ int cmd_status(const std::vector<std::string>& args) {
     // A folder mount's warnings arrive while it serves (a view that could not be built).
     if (e.contains("warnings"))
       for (const auto& w : e["warnings"]) std::cout << "  warning: " << w.get<std::string>() << "\n";
+    if (e.contains("source_changed") && e["source_changed"].is_array())
+      for (const auto& p : e["source_changed"])
+        if (p.is_string())
+          std::cout << "  source changed: " << p.get<std::string>()
+                    << " changed since it was mounted; reads of it fail (EIO): remount to see the new file\n";
   }
   return kExitOk;
 }

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 
@@ -63,6 +64,10 @@ std::string unescape_mountinfo(const std::string& s) {
   return out;
 }
 }  // namespace
+
+// Serialises the read-modify-write updates of one daemon's state file (pending edits come from the
+// edit session, changed sources from whichever FUSE worker saw them).
+std::mutex g_state_mu;
 
 std::string state_file_for(const std::string& mp) { return state_dir() + "/" + hash_name(mp) + ".json"; }
 std::string result_file_for(const std::string& mp) { return state_dir() + "/" + hash_name(mp) + ".result"; }
@@ -121,7 +126,24 @@ bool is_nemofs_mount(const std::string& mp) {
   return false;
 }
 
+void note_source_changed(const std::string& mp, const std::string& path) {
+  std::lock_guard lk(g_state_mu);
+  try {
+    if (auto st = read_state(mp)) {
+      auto& list = (*st)["source_changed"];
+      if (!list.is_array()) list = nlohmann::json::array();
+      for (const auto& p : list)
+        if (p == path) return;
+      list.push_back(path);
+      write_state(mp, *st);
+    }
+  } catch (const std::exception&) {
+    // The reads answer EIO all the same; only `nemofs status` misses the reason.
+  }
+}
+
 void StateObserver::pending_edits(size_t n) {
+  std::lock_guard lk(g_state_mu);
   try {
     if (auto st = read_state(mp_)) {
       (*st)["pending_edits"] = n;

@@ -2,7 +2,8 @@
 // `nemofs status` can list mounts. One JSON file per mount in the state folder:
 //   root: /run/nemofs; others: $XDG_RUNTIME_DIR/nemofs, else /tmp/nemofs-<uid>.
 // File name: hex FNV-1a hash of the mountpoint's real path. Contents: {"pid", "source",
-// "mountpoint", "format", "mode": "ro"|"rw"}. When a daemon exits it writes `<hash>.result`
+// "mountpoint", "format", "mode": "ro"|"rw"}, "pending_edits" (writable mounts) and
+// "source_changed": [paths] once a source file changed under the mount (its reads answer EIO). When a daemon exits it writes `<hash>.result`
 // ({"ok": bool, "message": str}) for `nemofs umount` to print, and removes its state file.
 #pragma once
 
@@ -28,6 +29,8 @@ void write_state(const std::string& mountpoint_realpath, const nlohmann::json& s
 std::optional<nlohmann::json> read_state(const std::string& mountpoint_realpath);
 void remove_state(const std::string& mountpoint_realpath);
 void write_result(const std::string& mountpoint_realpath, bool ok, const std::string& message);
+// Adds `path` to the mount's "source_changed" list (once). Best effort: never throws.
+void note_source_changed(const std::string& mountpoint_realpath, const std::string& path);
 std::optional<nlohmann::json> take_result(const std::string& mountpoint_realpath);  // reads and removes
 
 struct MountInfo {

@@ -261,6 +261,10 @@ CommitResult write_archive(const CommitRequest& req) {
       (void)store_gzip_index(*gidx, *file, tmp, go);
     }
 
+    // Unchanged members were copied from the archive as it is now: it must still be the one
+    // mounted (the check before writing is not enough: it may have changed while we copied).
+    if (req.archive) req.archive->verify();
+
     CommitResult res;
     res.bytes = on_disk;
     res.shared = shared;

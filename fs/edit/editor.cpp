@@ -133,6 +133,9 @@ void Editor::copy_up(MemberNode& n, bool keep_bytes, bool journal) {
         }
         at += p.len;
       }
+      // The member's bytes were the mounted archive's only if it is unchanged now that they are
+      // copied (copy_file_range takes whatever the file holds).
+      f.base->verify();
     }
     io::fdatasync(fd.get(), "copy-up");
   } catch (...) {

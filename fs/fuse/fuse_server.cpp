@@ -11,9 +11,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 
 #include "formats/core/errors.h"
@@ -212,6 +214,157 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   });
 }
 
+// ---- Read replies.
+//
+// libfuse's fuse_reply_data() splices fd buffers straight from the source file, and a splice that
+// comes back short (the file was truncated after the backend checked it) becomes a short reply:
+// the reader gets fewer bytes and success, and the kernel takes the short read for the end of the
+// file. So file segments are first spliced into a pipe of this worker thread (page references, no
+// copy), each checked to have arrived whole; then every source file's guard is checked (fstat) now
+// that its bytes are taken; only then is the pipe handed to fuse_reply_data as the reply's one
+// buffer (libfuse moves it pipe to pipe to /dev/fuse). A short segment or a changed source is
+// EIO, never a short or foreign reply.
+
+class ReplyPipe {
+ public:
+  ~ReplyPipe() { reset(); }
+  // Ready to take `slots` pipe buffers (pages) without blocking; false when the pipe cannot be made
+  // that large (pipe-max-size for a user without CAP_SYS_RESOURCE): copy instead.
+  bool ready(size_t slots) {
+    if (r_ < 0) {
+      int fds[2];
+      if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return false;
+      r_ = fds[0];
+      w_ = fds[1];
+      cap_ = static_cast<size_t>(::fcntl(r_, F_GETPIPE_SZ)) / kPage;
+    }
+    if (slots <= cap_) return true;
+    if (slots > too_big_) return false;
+    int got = ::fcntl(r_, F_SETPIPE_SZ, static_cast<int>(slots * kPage));
+    if (got < 0) {
+      too_big_ = slots - 1;  // do not ask again for this much
+      return false;
+    }
+    cap_ = static_cast<size_t>(got) / kPage;
+    return slots <= cap_;
+  }
+  int read_end() const { return r_; }
+  int write_end() const { return w_; }
+  // Drops whatever the pipe still holds (an aborted reply): a fresh pipe next time.
+  void reset() {
+    if (r_ >= 0) ::close(r_);
+    if (w_ >= 0) ::close(w_);
+    r_ = w_ = -1;
+    cap_ = 0;
+  }
+
+  static constexpr size_t kPage = 4096;
+
+ private:
+  int r_ = -1, w_ = -1;
+  size_t cap_ = 0;
+  size_t too_big_ = SIZE_MAX;
+};
+
+thread_local ReplyPipe t_pipe;
+
+[[noreturn]] void short_segment(const ReadSegment& s, size_t got) {
+  if (s.guard) s.guard->fail_short();
+  throw SysError(EIO, "read of " + std::to_string(s.len) + " bytes at " + std::to_string(s.pos) + " came back with " +
+                          std::to_string(got));
+}
+
+// Splices `s` whole into the pipe, or throws. False: the pipe filled up (its size was guessed
+// wrong): the caller copies instead.
+bool splice_segment(const ReadSegment& s, int pipe_w) {
+  loff_t pos = static_cast<loff_t>(s.pos);
+  size_t done = 0;
+  while (done < s.len) {
+    ssize_t n = ::splice(s.fd, &pos, pipe_w, nullptr, s.len - done, SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n == 0) {
+      short_segment(s, done);
+    } else if (errno == EINTR) {
+      continue;
+    } else if (errno == EAGAIN) {
+      return false;
+    } else {
+      throw_sys(errno, "splice");
+    }
+  }
+  return true;
+}
+
+bool write_memory(const char* p, size_t len, int pipe_w) {
+  while (len) {
+    ssize_t n = ::write(pipe_w, p, len);
+    if (n > 0) {
+      p += n;
+      len -= static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && errno == EAGAIN) {
+      return false;
+    } else {
+      throw_sys(n < 0 ? errno : EIO, "write to pipe");
+    }
+  }
+  return true;
+}
+
+// The reply through the thread's pipe; false when it cannot be used (nothing was sent).
+bool reply_spliced(fuse_req_t req, const ReadResult& r, size_t total) {
+  // Pipe buffers needed: a file span takes one per page it touches, memory one per page (+1 for
+  // the partial page where it starts).
+  size_t slots = 0;
+  for (const auto& s : r.segments)
+    slots += s.fd >= 0 ? (s.pos % ReplyPipe::kPage + s.len + ReplyPipe::kPage - 1) / ReplyPipe::kPage
+                       : s.len / ReplyPipe::kPage + 2;
+  if (!t_pipe.ready(slots)) return false;
+  struct Aborted {
+    bool armed = true;
+    ~Aborted() {
+      if (armed) t_pipe.reset();
+    }
+  } on_throw;
+  int w = t_pipe.write_end();
+  for (const auto& s : r.segments) {
+    bool ok = s.fd >= 0 ? splice_segment(s, w) : write_memory(r.memory.get() + s.mem_off, s.len, w);
+    if (!ok) {
+      t_pipe.reset();
+      on_throw.armed = false;
+      return false;
+    }
+  }
+  r.verify_guards();
+  on_throw.armed = false;
+  fuse_bufvec bv = FUSE_BUFVEC_INIT(total);
+  bv.buf[0].flags = FUSE_BUF_IS_FD;
+  bv.buf[0].fd = t_pipe.read_end();
+  // fuse_reply_data takes the whole pipe (splicing it on, or reading it when it falls back to a
+  // copy) whenever it returns 0; an error may leave bytes in it, which must not lead the next reply.
+  if (fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE) != 0) t_pipe.reset();
+  return true;
+}
+
+// The reply copied through memory: every file segment pread whole, then the guards checked.
+void reply_copied(fuse_req_t req, const ReadResult& r, size_t total) {
+  std::unique_ptr<char[]> buf(new char[total]);
+  size_t at = 0;
+  for (const auto& s : r.segments) {
+    if (s.fd >= 0) {
+      size_t got = io::pread_full(s.fd, buf.get() + at, s.len, s.pos);
+      if (got != s.len) short_segment(s, got);
+    } else {
+      std::memcpy(buf.get() + at, r.memory.get() + s.mem_off, s.len);
+    }
+    at += s.len;
+  }
+  r.verify_guards();
+  fuse_reply_buf(req, buf.get(), total);
+}
+
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   guarded(req, [&] {
     ReadResult r;
@@ -224,26 +377,10 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
       fuse_reply_buf(req, r.memory.get() + r.segments[0].mem_off, r.segments[0].len);
       return;
     }
-    size_t n = r.segments.size();
-    size_t bytes = sizeof(fuse_bufvec) + (n - 1) * sizeof(fuse_buf);
-    auto* bv = static_cast<fuse_bufvec*>(std::calloc(1, bytes));
-    if (!bv) throw std::bad_alloc();
-    bv->count = n;
-    for (size_t i = 0; i < n; ++i) {
-      const ReadSegment& s = r.segments[i];
-      fuse_buf& b = bv->buf[i];
-      b.size = s.len;
-      if (s.fd >= 0) {
-        b.flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-        b.fd = s.fd;
-        b.pos = static_cast<off_t>(s.pos);
-      } else {
-        b.mem = r.memory.get() + s.mem_off;
-      }
-    }
-    int rc = fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
-    std::free(bv);
-    (void)rc;
+    size_t total = r.total();
+    // Under two pages libfuse copies instead of splicing anyway (fuse_send_data_iov): one pread
+    // here costs fewer system calls than a splice into the pipe and a read back out of it.
+    if (total < 2 * ReplyPipe::kPage || !reply_spliced(req, r, total)) reply_copied(req, r, total);
   });
 }
 
