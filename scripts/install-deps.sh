@@ -18,6 +18,7 @@ PACKAGES=(
   vim-tiny vim kmod
   archivemount fuse-zip bc
   tar libarchive-tools libarchive-dev
+  xfsprogs
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

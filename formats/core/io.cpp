@@ -2,6 +2,9 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -207,6 +210,31 @@ bool mkdir(const std::string& path, mode_t mode) {
   if (::mkdir(path.c_str(), mode) == 0) return true;
   if (errno != EEXIST) throw_sys(errno, "cannot create the folder " + path);
   return false;
+}
+
+uint64_t shared_extent_bytes(int fd, uint64_t size) {
+  constexpr unsigned kExtents = 256;
+  std::vector<char> buf(sizeof(struct fiemap) + kExtents * sizeof(struct fiemap_extent));
+  auto* fm = reinterpret_cast<struct fiemap*>(buf.data());
+  uint64_t shared = 0, start = 0;
+  while (start < size) {
+    std::memset(buf.data(), 0, buf.size());
+    fm->fm_start = start;
+    fm->fm_length = size - start;
+    fm->fm_extent_count = kExtents;
+    if (::ioctl(fd, FS_IOC_FIEMAP, fm) != 0 || fm->fm_mapped_extents == 0) break;
+    bool last = false;
+    for (unsigned i = 0; i < fm->fm_mapped_extents; ++i) {
+      const struct fiemap_extent& e = fm->fm_extents[i];
+      const uint64_t from = std::max<uint64_t>(e.fe_logical, start);
+      const uint64_t to = std::min<uint64_t>(e.fe_logical + e.fe_length, size);
+      if ((e.fe_flags & FIEMAP_EXTENT_SHARED) && to > from) shared += to - from;
+      start = std::max<uint64_t>(start, e.fe_logical + e.fe_length);
+      last = e.fe_flags & FIEMAP_EXTENT_LAST;
+    }
+    if (last) break;
+  }
+  return shared;
 }
 
 uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, const std::string& what) {

@@ -94,6 +94,9 @@ bool mkdir(const std::string& path, mode_t mode);
 // copies, or shares extents), falling back to a buffer where the filesystems cannot. Returns the
 // bytes copied: fewer than `len` only when `in` ends first.
 uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, const std::string& what = "copy");
+// Bytes of the file's first `size` bytes that lie in extents shared with another file (reflinks:
+// FIEMAP_EXTENT_SHARED), or 0 where the filesystem cannot say. A report, never a decision.
+uint64_t shared_extent_bytes(int fd, uint64_t size);
 
 // Replaces `path` by a file holding `body`, atomically: a temp file beside it, written, then
 // (when durable) fsync'ed, renamed over `path`, and the folder fsync'ed. A reader sees the old

@@ -1,5 +1,7 @@
 #include "formats/detect/checkpoint.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -27,6 +29,7 @@ const char* format_name(Format f) {
     case Format::TorchLegacy: return "torch-legacy";
     case Format::Dcp: return "dcp";
     case Format::HfDir: return "hf-safetensors-dir";
+    case Format::Folder: return "folder";
     case Format::Unknown: break;
   }
   return "unknown";
@@ -81,17 +84,43 @@ Format sniff(const ByteSource& src) {
   return Format::Unknown;
 }
 
-Format sniff_dir(const FileSet& dir) {
-  auto files = dir.list();
-  bool metadata = false, index = false, st = false;
-  for (const auto& f : files) {
+Format sniff_dir_names(const std::vector<std::string>& names) {
+  auto ends = [](const std::string& f, std::string_view suffix) {
+    return f.size() > suffix.size() && f.compare(f.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  bool metadata = false, index = false, st = false, other = false;
+  for (const auto& f : names) {
+    if (f.find('/') != std::string::npos) continue;
     if (f == ".metadata") metadata = true;
     if (f == "model.safetensors.index.json") index = true;
-    if (f.find('/') == std::string::npos && f.size() > 12 && f.compare(f.size() - 12, 12, ".safetensors") == 0) st = true;
+    if (ends(f, ".safetensors")) st = true;
+    // Other checkpoints beside loose .safetensors files make a folder of checkpoints (a run's
+    // output, a Trainer checkpoint with optimizer.pt), not one Hugging Face model.
+    if (ends(f, ".nemo") || ends(f, ".ckpt") || ends(f, ".pt") || ends(f, ".pth")) other = true;
   }
   if (metadata) return Format::Dcp;
-  if (index || st) return Format::HfDir;
+  if (index || (st && !other)) return Format::HfDir;
   return Format::Unknown;
+}
+
+Format sniff_dir(const FileSet& dir) { return sniff_dir_names(dir.list()); }
+
+Format sniff_dir_path(const std::string& path) {
+  std::vector<std::string> names;
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(path.c_str()), ::closedir);
+  if (!d) throw SysError(errno, path + ": cannot list: " + std::strerror(errno));
+  while (const dirent* e = ::readdir(d.get())) {
+    unsigned char type = e->d_type;
+    // Symbolic links count as what they point to, as DirFileSet sees them (a Hugging Face cache
+    // snapshot is a folder of links to blobs).
+    if (type == DT_UNKNOWN || type == DT_LNK) {
+      struct stat st {};
+      if (::fstatat(::dirfd(d.get()), e->d_name, &st, 0) != 0) continue;
+      type = S_ISREG(st.st_mode) ? DT_REG : DT_UNKNOWN;
+    }
+    if (type == DT_REG) names.emplace_back(e->d_name);
+  }
+  return sniff_dir_names(names);
 }
 
 namespace {
@@ -129,8 +158,19 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
       const auto* file = dynamic_cast<const FileSource*>(src.get());
       auto gz = open_gzip(src, file ? file->path() : std::string());
       auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, gz));
+      // Bytes after the last gzip member (index.h): `gzip -d` and `tar xzf` read on with a warning;
+      // so does a mount, but only when the tar inside ended with its end-of-archive blocks. Without
+      // them the archive may be cut short and the bytes after it part of what is missing.
+      std::string trailing;
+      if (const uint64_t t = gz->index().trailing_at) {
+        if (!nemo->index.end_marker)
+          throw FormatError("gzip", t, "bytes that are not gzip data follow the last gzip member, and the tar inside has no end-of-archive blocks (truncated or damaged archive)");
+        trailing = src->describe() + ": " + std::to_string(gz->index().compressed_size - t) +
+                   " bytes after the last gzip member (at byte " + std::to_string(t) + ") ignored";
+      }
       if (warnings) {
         *warnings = nemo->warnings;
+        if (!trailing.empty()) warnings->push_back(trailing);
         if (!gz->cache_note().empty()) warnings->push_back(gz->cache_note());
       }
       if (keep) *keep = nemo;
@@ -162,7 +202,7 @@ Checkpoint open_checkpoint(const std::string& path) {
   Checkpoint cp;
   if (S_ISDIR(st.st_mode)) {
     DirFileSet dir(path);
-    cp.format = sniff_dir(dir);
+    cp.format = sniff_dir_path(path);
     if (cp.format == Format::Unknown)
       throw FormatError("detect", "not a checkpoint folder (no .metadata, model.safetensors.index.json or *.safetensors)");
     build_dir(cp.format, cp.tree, Tree::kRoot, dir, &cp.warnings);

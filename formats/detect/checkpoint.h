@@ -7,7 +7,8 @@
 //   80 02 8a 0a 6c fc 9c 46 f9 20 6a a8 50 19 (pickle of torch's magic number) -> legacy torch.save
 //   u64 LE N, then (after JSON whitespace) '{' -> .safetensors
 //   a directory with .metadata            -> distributed checkpoint (DCP / torch_dist / Lightning)
-//   a directory with model.safetensors.index.json or *.safetensors -> Hugging Face folder
+//   a directory with model.safetensors.index.json, or *.safetensors (and no *.nemo/.ckpt/.pt/.pth)
+//                                         -> Hugging Face folder
 // Both `nemofs inspect` and the FUSE mount call open_checkpoint(), so inspect is the mount's oracle.
 #pragma once
 
@@ -21,7 +22,8 @@
 
 namespace nemofs {
 
-enum class Format { Unknown, Safetensors, Tar, GzipTar, TorchZip, TorchLegacy, Dcp, HfDir };
+// Folder: a folder that is not itself one checkpoint (formats/detect/folder.h), mounted as it is.
+enum class Format { Unknown, Safetensors, Tar, GzipTar, TorchZip, TorchLegacy, Dcp, HfDir, Folder };
 
 const char* format_name(Format f);
 
@@ -50,6 +52,14 @@ class DirFileSet final : public FileSet {
 
 Format sniff(const ByteSource& src);
 Format sniff_dir(const FileSet& dir);
+// The folder rule on names alone: `names` are the regular files directly inside a folder. Dcp for
+// `.metadata`, HfDir for `model.safetensors.index.json`, or for `*.safetensors` files with no
+// `*.nemo`, `*.ckpt`, `*.pt` or `*.pth` beside them, else Unknown. Shared by
+// sniff_dir, the `.nemo` member views and folder mounts, so all three agree on what a checkpoint
+// folder is.
+Format sniff_dir_names(const std::vector<std::string>& names);
+// sniff_dir of a real folder from its own entries only (one readdir, no walk below it).
+Format sniff_dir_path(const std::string& path);
 
 struct Checkpoint {
   Format format = Format::Unknown;

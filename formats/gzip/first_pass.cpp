@@ -63,6 +63,20 @@ class Progress {
 // ---------------------------------------------------------------------------------------------
 // Member header
 
+uint64_t skip_gzip_padding(const ByteSource& src, uint64_t off) {
+  const uint64_t size = src.size();
+  unsigned char buf[64 << 10];
+  while (off < size) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(sizeof buf, size - off));
+    if (src.read_at(off, buf, n) != n) throw SysError(EIO, src.describe() + ": short read");
+    size_t i = 0;
+    while (i < n && buf[i] == 0) ++i;
+    off += i;
+    if (i < n) break;
+  }
+  return off;
+}
+
 uint64_t parse_gzip_member_header(const ByteSource& src, uint64_t off) {
   const uint64_t size = src.size();
   unsigned char h[10];
@@ -197,7 +211,7 @@ void GzipIndexRecorder::add_point(uint64_t in, uint8_t bits, const unsigned char
   last_point_out_ = out_;
 }
 
-GzipIndex GzipIndexRecorder::finish(uint64_t compressed_size, uint32_t members) {
+GzipIndex GzipIndexRecorder::finish(uint64_t compressed_size, uint32_t members, uint64_t trailing_at) {
   close_block();
   // A point at the very end serves no byte.
   while (!idx_.points.empty() && idx_.points.back().out >= out_) {
@@ -207,6 +221,7 @@ GzipIndex GzipIndexRecorder::finish(uint64_t compressed_size, uint32_t members) 
   idx_.compressed_size = compressed_size;
   idx_.uncompressed_size = out_;
   idx_.members = members;
+  idx_.trailing_at = trailing_at;
   GzipIndex r = std::move(idx_);
   idx_ = GzipIndex{};
   idx_.block_size = r.block_size;
@@ -306,6 +321,7 @@ GzipIndex build_gzip_index(const ByteSource& src, const GzipOptions& opt, const 
   };
   uint32_t members = 0;
   uint64_t pos = 0;
+  uint64_t trailing_at = 0;
   for (;;) {
     const uint64_t member_at = pos;
     uint64_t data = parse_gzip_member_header(src, pos);
@@ -328,23 +344,20 @@ GzipIndex build_gzip_index(const ByteSource& src, const GzipOptions& opt, const 
     if (load_le<uint32_t>(t + 4) != static_cast<uint32_t>(rec.member_out()))
       throw FormatError("gzip", trailer + 4, member + ": length mismatch (the data is corrupt)");
     pos = trailer + sizeof t;
-    if (pos == csize) break;
+    // Zero padding between or after members is skipped (as CPython's gzip module does).
+    const uint64_t next = skip_gzip_padding(src, pos);
+    if (next == csize) break;
     unsigned char m[2] = {0, 0};
-    size_t mg = src.read_at(pos, m, 2);
-    if (mg == 2 && m[0] == 0x1f && m[1] == 0x8b) continue;
-    // Zero padding after the last member is accepted (as CPython does); anything else is not.
-    for (uint64_t at = pos; at < csize;) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(ii.in.size(), csize - at));
-      if (src.read_at(at, ii.in.data(), n) != n) throw SysError(EIO, src.describe() + ": short read");
-      for (size_t i = 0; i < n; ++i)
-        if (ii.in[i] != 0)
-          throw FormatError("gzip", at + i, "trailing bytes after the last gzip member (neither a gzip member nor zero padding)");
-      at += n;
+    if (src.read_at(next, m, 2) == 2 && m[0] == 0x1f && m[1] == 0x8b) {
+      pos = next;
+      continue;
     }
+    // Other bytes end the stream; the reader of the stream judges them (index.h).
+    trailing_at = next;
     break;
   }
   progress.finish();
-  return rec.finish(csize, members);
+  return rec.finish(csize, members, trailing_at);
 }
 
 }  // namespace nemofs

@@ -184,11 +184,11 @@ BlockPtr inflate_block(const GzipIndex& idx, const ByteSource& src, Cursor& c, u
       // keeps answering Z_STREAM_END without consuming anything).
       if (z.avail_out == 0) break;
       if (raw) eio(src.describe() + ": deflate data ends before uncompressed byte " + std::to_string(e) + changed);
-      // The next member follows the 8-byte trailer.
-      uint64_t next = c.in_next - z.avail_in + 8;
+      // The next member follows the 8-byte trailer and any zero padding (the first pass checked
+      // that one does: the index ends the output where the last member ends).
       uint64_t d = 0;
       try {
-        d = parse_gzip_member_header(src, next);
+        d = parse_gzip_member_header(src, skip_gzip_padding(src, c.in_next - z.avail_in + 8));
       } catch (const FormatError& fe) {
         eio(src.describe() + ": " + fe.what() + changed);
       }

@@ -13,8 +13,13 @@
 //     FHCRC:    u16 LE = low 16 bits of the CRC-32 of every header byte before it
 //   then a raw deflate stream (RFC 1951), then the trailer:
 //     u32 LE CRC-32 of the member's uncompressed bytes, u32 LE ISIZE = their count mod 2^32.
-// After the last member, only zero bytes may follow (CPython's gzip module skips zero padding and
-// refuses anything else, and NeMo reads these files with CPython); other trailing bytes are refused.
+// After the last member, zero bytes (padding) are skipped silently, as CPython's gzip module does.
+// Other bytes after the last complete member (a download with junk appended, a second archive
+// concatenated badly) end the stream where `gzip -d` ("trailing garbage ignored") and `tar xzf` end
+// it: the index records where they start (GzipIndex::trailing_at) and the reader of the stream
+// decides; a .nemo accepts them with a warning only when its tar ended with end-of-archive blocks
+// (formats/detect), so a truncated archive is never mistaken for a complete one. Bytes that start
+// with the gzip magic are a member and must be one: a damaged last member is refused.
 // Concatenated members are one logical stream (`cat a.gz b.gz` decompresses to a + b).
 //
 // Random access (zran-style): deflate cannot be entered at an arbitrary byte, but it can be
@@ -75,6 +80,9 @@ struct GzipIndex {
   uint64_t compressed_size = 0;
   uint64_t uncompressed_size = 0;
   uint32_t members = 0;
+  // Compressed offset where bytes that are neither a gzip member nor zero padding start; 0 = none
+  // (the first member always starts at 0, so 0 cannot be such an offset).
+  uint64_t trailing_at = 0;
   std::vector<GzipPoint> points;
   std::vector<uint32_t> block_crcs;
   std::string windows;  // stored windows at each point's window_off (may hold other bytes between)
@@ -115,7 +123,7 @@ class GzipIndexRecorder {
   // A point at the current output offset; `window` = the last window_len output bytes
   // (<= 32768; empty where no back-reference can reach before this point, e.g. a member start).
   void add_point(uint64_t in, uint8_t bits, const unsigned char* window, size_t window_len);
-  GzipIndex finish(uint64_t compressed_size, uint32_t members);
+  GzipIndex finish(uint64_t compressed_size, uint32_t members, uint64_t trailing_at = 0);
 
   // For an index built while its blocks are served (a lazy raw deflate index): the index so far,
   // the end of its last closed block, and how many blocks are closed.
@@ -147,9 +155,13 @@ class GzipIndexRecorder {
 };
 
 // One streaming pass over a gzip file: validates every member (header, deflate data, CRC-32,
-// ISIZE) and records access points. Bad or truncated input throws FormatError("gzip", offset, ...).
+// ISIZE) and records access points. Bad or truncated input throws FormatError("gzip", offset, ...);
+// trailing bytes after the last member (not zero padding, not a gzip magic) set trailing_at.
 // `label` names the file in progress output.
 GzipIndex build_gzip_index(const ByteSource& compressed, const GzipOptions& opt, const std::string& label = {});
+
+// The first byte at or after `off` that is not zero padding (src.size() when only zeros follow).
+uint64_t skip_gzip_padding(const ByteSource& src, uint64_t off);
 
 // The gzip member header at `off`: returns the offset of its deflate data. FormatError if invalid.
 uint64_t parse_gzip_member_header(const ByteSource& src, uint64_t off);

@@ -25,7 +25,12 @@ using namespace gzip_internal;
 
 namespace {
 
-constexpr uint64_t kHeaderBytes = 88;
+constexpr uint64_t kHeaderBytes = 88;     // version 1
+constexpr uint64_t kHeaderBytesV2 = 96;   // version 2: + u64 trailing_at
+
+// Version 1 when the file has no trailing bytes (every index written before version 2 existed, and
+// still almost every index), 2 when it has: the common file stays bit for bit what it was.
+uint64_t header_bytes(const GzipIndex& idx) { return idx.trailing_at ? kHeaderBytesV2 : kHeaderBytes; }
 constexpr uint64_t kKeySpan = 64 << 10;          // bytes hashed at each end of the file for the key
 constexpr uint64_t kMaxIndexFile = 2ull << 30;
 constexpr const char kMagic[8] = {'N', 'E', 'M', 'O', 'F', 'S', 'G', 'Z'};
@@ -88,10 +93,11 @@ namespace {
 // Everything before the windows (header, points, block CRCs): the windows then follow in point
 // order, and the file's checksum last.
 std::string index_head(const GzipIndex& idx, const GzipFileKey& key) {
-  std::string b(kHeaderBytes, '\0');
+  const uint64_t head = header_bytes(idx);
+  std::string b(head, '\0');
   std::memcpy(b.data(), kMagic, 8);
   auto* h = reinterpret_cast<unsigned char*>(b.data());
-  store_le<uint32_t>(h + 8, 1);
+  store_le<uint32_t>(h + 8, idx.trailing_at ? 2 : 1);
   store_le<uint32_t>(h + 12, idx.block_size);
   store_le<uint64_t>(h + 16, key.file.dev);
   store_le<uint64_t>(h + 24, key.file.ino);
@@ -106,7 +112,8 @@ std::string index_head(const GzipIndex& idx, const GzipFileKey& key) {
   uint64_t window_bytes = 0;
   for (const GzipPoint& p : idx.points) window_bytes += p.window_stored;
   store_le<uint64_t>(h + 80, window_bytes);
-  b.reserve(kHeaderBytes + idx.points.size() * kPointBytes + idx.block_crcs.size() * 4);
+  if (idx.trailing_at) store_le<uint64_t>(h + 88, idx.trailing_at);
+  b.reserve(head + idx.points.size() * kPointBytes + idx.block_crcs.size() * 4);
   for (const GzipPoint& p : idx.points) {
     unsigned char r[kPointBytes];
     store_le<uint64_t>(r, p.out);
@@ -159,10 +166,11 @@ std::string serialize_gzip_index(const GzipIndex& idx, const GzipFileKey& key) {
 
 namespace {
 
-// What the 88-byte header says, checked against the body length (the file less its checksum)
-// before anything is allocated from its counts.
+// What the 88-byte (version 1) or 96-byte (version 2) header says, checked against the body
+// length (the file less its checksum) before anything is allocated from its counts.
 struct IndexHeader {
-  GzipIndex idx;  // block_size, sizes, members
+  GzipIndex idx;  // block_size, sizes, members, trailing_at
+  uint64_t head = kHeaderBytes;  // header bytes (by version)
   uint64_t np = 0, nb = 0, nw = 0;
   uint64_t tables = 0;  // bytes of points and block CRCs after the header
 };
@@ -174,9 +182,13 @@ bool fail(Why why, const std::string& w) {
   return false;
 }
 
+// `b` holds min(body, kHeaderBytesV2) bytes (at least kHeaderBytes).
 bool parse_header(const unsigned char* b, uint64_t body, const GzipFileKey* expect, Why why, IndexHeader& h) {
   if (std::memcmp(b, kMagic, 8) != 0) return fail(why, "not a nemofs gzip index");
-  if (load_le<uint32_t>(b + 8) != 1) return fail(why, "unknown index version");
+  const uint32_t version = load_le<uint32_t>(b + 8);
+  if (version != 1 && version != 2) return fail(why, "unknown index version");
+  h.head = version == 2 ? kHeaderBytesV2 : kHeaderBytes;
+  if (body < h.head) return fail(why, "truncated");
   GzipIndex& idx = h.idx;
   idx.block_size = load_le<uint32_t>(b + 12);
   if (idx.block_size < 4096 || idx.block_size > (64u << 20)) return fail(why, "block size out of range");
@@ -191,6 +203,10 @@ bool parse_header(const unsigned char* b, uint64_t body, const GzipFileKey* expe
   idx.compressed_size = key.file.size;
   idx.uncompressed_size = load_le<uint64_t>(b + 56);
   idx.members = load_le<uint32_t>(b + 64);
+  if (version == 2) {
+    idx.trailing_at = load_le<uint64_t>(b + 88);
+    if (idx.trailing_at == 0 || idx.trailing_at >= idx.compressed_size) return fail(why, "trailing bytes offset out of range");
+  }
   h.np = load_le<uint32_t>(b + 68);
   h.nb = load_le<uint64_t>(b + 72);
   h.nw = load_le<uint64_t>(b + 80);
@@ -198,7 +214,7 @@ bool parse_header(const unsigned char* b, uint64_t body, const GzipFileKey* expe
   auto pts = try_mul(h.np, kPointBytes);
   auto crcs = try_mul(h.nb, 4);
   auto tables = pts && crcs ? try_add(*pts, *crcs) : std::nullopt;
-  auto total = tables ? try_add(kHeaderBytes, *tables) : std::nullopt;
+  auto total = tables ? try_add(h.head, *tables) : std::nullopt;
   if (total) total = try_add(*total, h.nw);
   if (!total || *total != body) return fail(why, "length does not match its counts");
   h.tables = *tables;
@@ -257,7 +273,7 @@ bool pread_all(int fd, uint64_t off, void* buf, size_t n) {
 // The index then reads its windows from `file`: offsets become the file's (windows are stored in
 // point order, back to back, after the tables), and the in-memory copy goes.
 void back_windows_by_file(GzipIndex& idx, std::shared_ptr<const GzipIndexFile> file) {
-  uint64_t off = kHeaderBytes + idx.points.size() * kPointBytes + idx.block_crcs.size() * 4;
+  uint64_t off = header_bytes(idx) + idx.points.size() * kPointBytes + idx.block_crcs.size() * 4;
   for (GzipPoint& p : idx.points) {
     p.window_off = off;
     off += p.window_stored;
@@ -274,8 +290,8 @@ std::optional<GzipIndex> parse_gzip_index(std::string_view bytes, const GzipFile
   const size_t body = bytes.size() - 4;
   if (load_le<uint32_t>(b + body) != crc(0, b, body)) return fail(why, "checksum mismatch"), std::nullopt;
   IndexHeader h;
-  if (!parse_header(b, body, expect, why, h) || !parse_tables(h, b + kHeaderBytes, why)) return std::nullopt;
-  const char* w = bytes.data() + kHeaderBytes + h.tables;
+  if (!parse_header(b, body, expect, why, h) || !parse_tables(h, b + h.head, why)) return std::nullopt;
+  const char* w = bytes.data() + h.head + h.tables;
   h.idx.windows.assign(w, h.nw);
   for (GzipPoint& p : h.idx.points) p.window_crc = crc(0, w + p.window_off, p.window_stored);
   return std::move(h.idx);
@@ -290,19 +306,19 @@ std::optional<GzipIndex> load_gzip_index_file(std::shared_ptr<const GzipIndexFil
   if (size > kMaxIndexFile) return fail(why, "larger than 2 GiB"), std::nullopt;
   if (size < kHeaderBytes + 4) return fail(why, "truncated"), std::nullopt;
   const uint64_t body = size - 4;
-  unsigned char head[kHeaderBytes];
-  if (!pread_all(fd, 0, head, sizeof head)) return fail(why, "short read"), std::nullopt;
+  unsigned char head[kHeaderBytesV2];
+  if (!pread_all(fd, 0, head, static_cast<size_t>(std::min<uint64_t>(body, sizeof head)))) return fail(why, "short read"), std::nullopt;
   // A stale or malformed header is refused before the rest is read.
   IndexHeader h;
   if (!parse_header(head, body, expect, why, h)) return std::nullopt;
   // h.tables <= body <= 2 GiB: checked against the file's size in parse_header.
   std::string tables(static_cast<size_t>(h.tables), '\0');
-  if (!pread_all(fd, kHeaderBytes, tables.data(), tables.size())) return fail(why, "short read"), std::nullopt;
-  uint32_t sum = crc(crc(0, head, sizeof head), tables.data(), tables.size());
+  if (!pread_all(fd, h.head, tables.data(), tables.size())) return fail(why, "short read"), std::nullopt;
+  uint32_t sum = crc(crc(0, head, static_cast<size_t>(h.head)), tables.data(), tables.size());
   if (!parse_tables(h, reinterpret_cast<const unsigned char*>(tables.data()), why)) return std::nullopt;
   std::string().swap(tables);
   // The windows, each read once to checksum it (file and window), and not kept.
-  const uint64_t base = kHeaderBytes + h.tables;
+  const uint64_t base = h.head + h.tables;
   std::string w;
   w.reserve(compressBound(kWindow));
   for (GzipPoint& p : h.idx.points) {

@@ -3,7 +3,7 @@
 // Index file (one per compressed file, in $XDG_CACHE_HOME/nemofs or ~/.cache/nemofs, named
 // gzip-<dev hex>-<inode hex>.idx; every integer little-endian):
 //   0   8  magic "NEMOFSGZ"
-//   8   4  version = 1
+//   8   4  version = 1, or 2 when the compressed file has trailing bytes (formats/gzip/index.h)
 //   12  4  block_size (4096 .. 64 MiB)
 //   16  8  key: st_dev               (the key fields 16..56 identify the compressed file the
 //   24  8  key: st_ino                index describes; any difference = stale)
@@ -16,6 +16,8 @@
 //   68  4  P = access point count
 //   72  8  B = block count
 //   80  8  W = total bytes of stored windows
+//   [version 2 only: 88 8 trailing_at = compressed offset of the trailing bytes; the rest of the file
+//    then starts 8 bytes later than the offsets below say]
 //   88  P * 24 access points: u64 out (uncompressed offset), u64 in (compressed offset of the first
 //          whole byte to feed), u32 stored window length, u16 window length (<= 32768),
 //          u8 bits (0-7: that many high bits of the byte at in-1 come first), u8 window method

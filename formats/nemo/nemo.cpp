@@ -73,14 +73,10 @@ void add_checkpoint_views(Tree& tree, std::vector<std::string>& warnings) {
       } else {
         // Only folders whose own entries mark a checkpoint are candidates; testing the names first
         // keeps indexing linear for archives with thousands of folders.
-        bool marked = false;
-        for (const auto& [cname, cid] : n.children) {
-          bool file = tree.node(cid).type == NodeType::File;
-          if (file && (cname == ".metadata" || cname == "model.safetensors.index.json" ||
-                       (cname.size() > 12 && cname.compare(cname.size() - 12, 12, ".safetensors") == 0)))
-            marked = true;
-        }
-        if (!marked) continue;
+        std::vector<std::string> names;
+        for (const auto& [cname, cid] : n.children)
+          if (tree.node(cid).type == NodeType::File) names.push_back(cname);
+        if (sniff_dir_names(names) == Format::Unknown) continue;
         TreeFileSet files(tree, id);
         view = nested_dir_view(files);
       }

@@ -303,6 +303,7 @@ TarIndex index_tar(const ByteSource& src) {
     if (all_zero(h, kBlock)) {
       if (pending) throw FormatError(kFmt, off, "archive ends between an extended header and its member");
       idx.end_of_entries = off;
+      idx.end_marker = true;
       return idx;
     }
     // Checksum: unsigned (POSIX) or signed (historic) sum with the field as spaces.

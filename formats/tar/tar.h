@@ -84,6 +84,7 @@ struct TarEntry {
 struct TarIndex {
   std::vector<TarEntry> entries;  // in archive order, metadata-only entries ('x','g','L','K') folded in
   uint64_t end_of_entries = 0;    // offset of the first end-of-archive zero block (or EOF)
+  bool end_marker = false;        // an end-of-archive zero block was seen (not just EOF)
 };
 
 // Reads every header, validates checksums, sizes and names, and refuses hostile input with a

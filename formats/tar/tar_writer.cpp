@@ -2,11 +2,14 @@
 
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 
 namespace nemofs {
 namespace {
 
 constexpr uint64_t kRecord = 10240;
+constexpr const char kPadName[] = "pax_global_header";
+constexpr const char kPadComment[] = "comment=nemofs alignment padding ";
 
 void put_octal(char* field, size_t len, uint64_t v) {
   // len-1 octal digits, zero padded, then NUL (CPython's itn for the POSIX range).
@@ -143,6 +146,39 @@ std::string tar_header(const TarMember& m, const TarStyle& style) {
 uint64_t tar_end_size(uint64_t offset) {
   uint64_t end = offset + 1024;
   return end + (kRecord - end % kRecord) % kRecord - offset;
+}
+
+}  // namespace nemofs
+
+namespace nemofs {
+
+std::string tar_pad(uint64_t total) {
+  if (total < 1024 || total % 512 || total > (64u << 20)) throw std::invalid_argument("tar_pad: bad size");
+  const uint64_t l = total - 512;
+  std::string out = ustar_block(kPadName, 0666, 0, 0, l, 0, 'g', "", "");
+  // "<L> comment=...x\n": the digits of L, a space, the keyword, the filler and the newline.
+  const std::string len = std::to_string(l);
+  const size_t fixed = len.size() + 1 + (sizeof kPadComment - 1) + 1;
+  out += len + " " + kPadComment + std::string(static_cast<size_t>(l) - fixed, 'x') + "\n";
+  return out;
+}
+
+uint64_t tar_pad_at(const ByteSource& src, uint64_t off) {
+  unsigned char h[512 + 64];
+  if (src.read_at(off, h, sizeof h) != sizeof h) return 0;
+  if (h[156] != 'g' || field_string(h, 100) != kPadName || std::memcmp(h + 257, "ustar", 5) != 0) return 0;
+  // The size field as written (11 octal digits): anything else is not ours.
+  uint64_t l = 0;
+  for (int i = 0; i < 11; ++i) {
+    const unsigned char c = h[124 + i];
+    if (c < '0' || c > '7') return 0;
+    l = l * 8 + (c - '0');
+  }
+  if (l < 512 || l % 512 || l > (64u << 20)) return 0;
+  const std::string len = std::to_string(l);
+  const std::string head = len + " " + kPadComment;
+  if (std::memcmp(h + 512, head.data(), head.size()) != 0) return 0;
+  return l + 512;
 }
 
 }  // namespace nemofs

@@ -12,6 +12,16 @@
 //   "%06o\0 ", typeflag '0' or '5', magic "ustar\0" "00", uname/gname from the archive, devmajor/
 //   devminor and prefix empty. Folder names end in "/"; names carry "./" when the archive's do.
 // The end of an archive: two zero blocks, then zeros up to a multiple of 10240 bytes (RECORDSIZE).
+//
+// Alignment padding (tar_pad): a pax global extended header that every reader skips, written
+// before a member so that the member's data keeps its offset modulo the filesystem block, and a
+// reflink-capable filesystem can share its blocks with the old archive (fs/edit/commit.h). The
+// same shape `git archive` writes at the start of every archive:
+//   ustar header block: name "pax_global_header", mode "0000666\0", uid/gid "0000000\0",
+//   size = L, mtime "00000000000\0", typeflag 'g', magic "ustar\0" "00"
+//   one pax record of exactly L bytes: "<L> comment=nemofs alignment padding xxx...x\n"
+//   (POSIX: every character of a comment record is ignored), L = total - 512, a multiple of 512,
+//   so the pad is `total` bytes with no padding of its own; total >= 1024.
 #pragma once
 
 #include <cstdint>
@@ -49,5 +59,11 @@ std::string tar_header(const TarMember& m, const TarStyle& style);
 inline uint64_t tar_padding(uint64_t size) { return (512 - size % 512) % 512; }
 // Bytes of the end-of-archive marker for an archive whose entries end at `offset`.
 uint64_t tar_end_size(uint64_t offset);
+
+// An alignment pad of exactly `total` bytes (a multiple of 512, >= 1024; throws std::invalid_argument
+// otherwise).
+std::string tar_pad(uint64_t total);
+// The size of the alignment pad nemofs wrote at `off` in `src`, or 0 when there is none there.
+uint64_t tar_pad_at(const ByteSource& src, uint64_t off);
 
 }  // namespace nemofs

@@ -56,6 +56,10 @@ struct ReadResult {
 struct DirEntryOut {
   std::string name;
   struct stat attr {};
+  // readdirplus: how long the kernel may cache this entry (seconds); negative: the edge's default
+  // (a day, or a second on a writable mount).
+  double entry_timeout = -1;
+  double attr_timeout = -1;
 };
 
 struct SetAttrRequest {
@@ -118,6 +122,10 @@ class Backend {
   virtual std::string outcome_message() const { return "unmounted"; }
   // Whether this backend accepts writes (for FUSE init decisions such as writeback caching).
   virtual bool writable() const { return false; }
+  // Whether what the mount shows never changes while mounted (a frozen checkpoint tree). Only then
+  // may the kernel skip OPEN and keep file pages across opens; a folder mount, whose files follow
+  // the real folder, says false.
+  virtual bool immutable() const { return !writable(); }
 };
 
 }  // namespace nemofs

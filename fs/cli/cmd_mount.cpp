@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <mutex>
 
 #include "formats/core/errors.h"
 #include "formats/core/io.h"
@@ -17,6 +18,8 @@
 #include "fs/cli/inspect.h"
 #include "fs/cli/state.h"
 #include "fs/backends/writable_backend.h"
+#include "fs/backends/folder_backend.h"
+#include "formats/detect/folder.h"
 
 namespace nemofs {
 
@@ -84,6 +87,19 @@ int cmd_inspect(const std::vector<std::string>& args) {
   if (source.empty()) {
     std::fprintf(stderr, "usage: nemofs inspect SOURCE [--json]\n");
     return kExitUsage;
+  }
+  std::string folder = real_path(source);
+  if (!folder.empty() && is_plain_folder(folder)) {
+    nlohmann::json doc;
+    try {
+      doc = inspect_folder_json(folder, source);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "nemofs: %s: %s\n", source.c_str(), e.what());
+      return kExitSourceUnreadable;
+    }
+    if (json) std::cout << doc.dump(2) << "\n";
+    else inspect_text(doc, std::cout);
+    return std::cout.good() ? kExitOk : kExitSourceUnreadable;
   }
   Checkpoint cp;
   if (int rc = open_or_report(source, cp)) return rc;
@@ -163,16 +179,42 @@ int cmd_mount(const std::vector<std::string>& args) {
   }
 
   Checkpoint cp;
-  if (int rc = open_or_report(req.source, cp)) return rc;
+  BackendChoice choice;
+  const bool folder = is_plain_folder(req.source);
+  if (folder) {
+    // A folder of checkpoints: nothing is indexed now (views are built on first access), so
+    // warnings come while serving. Each goes to stderr (seen with -f) and into the mount's state
+    // file, where `nemofs status --json` shows it.
+    cp.format = Format::Folder;
+    std::string mp = req.mountpoint, src = source_arg;
+    auto warn = [mp, src](const std::string& w) {
+      static std::mutex mu;
+      std::lock_guard lk(mu);
+      std::fprintf(stderr, "nemofs: %s: warning: %s\n", src.c_str(), w.c_str());
+      try {
+        if (auto st = read_state(mp)) {
+          (*st)["warnings"].push_back(w);
+          write_state(mp, *st);
+        }
+      } catch (const std::exception&) {
+      }
+    };
+    choice.backend = std::make_unique<FolderBackend>(req.source, getuid(), getgid(), warn);
+    choice.read_only = true;
+    choice.mode = "ro";
+  } else {
+    if (int rc = open_or_report(req.source, cp)) return rc;
+  }
   req.observer = std::make_shared<StateObserver>(req.mountpoint);
   for (const auto& w : cp.warnings) std::fprintf(stderr, "nemofs: %s: warning: %s\n", source_arg.c_str(), w.c_str());
 
-  BackendChoice choice;
-  try {
-    choice = make_backend(cp, req);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "nemofs: %s: %s\n", source_arg.c_str(), e.what());
-    return kExitMountFailed;
+  if (!folder) {
+    try {
+      choice = make_backend(cp, req);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "nemofs: %s: %s\n", source_arg.c_str(), e.what());
+      return kExitMountFailed;
+    }
   }
   Backend& backend = *choice.backend;
 

@@ -103,7 +103,7 @@ int cmd_status(const std::vector<std::string>& args) {
   for (const auto& m : nemofs_mounts()) {
     nlohmann::json e{{"source", m.source}, {"mountpoint", m.mountpoint}};
     if (auto st = read_state(m.mountpoint)) {
-      for (const char* k : {"pid", "format", "mode", "pending_edits"})
+      for (const char* k : {"pid", "format", "mode", "pending_edits", "warnings"})
         if (st->contains(k)) e[k] = (*st)[k];
     }
     list.push_back(std::move(e));
@@ -121,6 +121,9 @@ int cmd_status(const std::vector<std::string>& args) {
               << e.value("format", std::string("?")) << "  " << e["source"].get<std::string>();
     if (e.contains("pending_edits")) std::cout << "  pending edits: " << e["pending_edits"].dump();
     std::cout << "\n";
+    // A folder mount's warnings arrive while it serves (a view that could not be built).
+    if (e.contains("warnings"))
+      for (const auto& w : e["warnings"]) std::cout << "  warning: " << w.get<std::string>() << "\n";
   }
   return kExitOk;
 }

@@ -1,6 +1,12 @@
 #include "fs/cli/inspect.h"
 
+#include <unistd.h>
+
+#include <climits>
 #include <optional>
+
+#include "formats/core/errors.h"
+#include "formats/detect/folder.h"
 
 namespace nemofs {
 namespace {
@@ -24,18 +30,17 @@ std::optional<TensorInfo> tensor_info(const Tree& tree, NodeId id) {
   return TensorInfo{j["dtype"].get<std::string>(), j["shape"]};
 }
 
-}  // namespace
-
-nlohmann::json inspect_json(const Checkpoint& cp, const std::string& source) {
-  nlohmann::json entries = nlohmann::json::array();
-  cp.tree.walk([&](NodeId id, const Node& n) {
+// The entries of a tree (root left out), their paths under `prefix` ("" or "a/b.tensors").
+void tree_entries(const Tree& tree, const std::string& prefix, nlohmann::json& entries) {
+  tree.walk([&](NodeId id, const Node& n) {
     if (id == Tree::kRoot) return;
     nlohmann::json e;
-    e["path"] = cp.tree.path_of(id);
+    std::string path = tree.path_of(id);
+    e["path"] = prefix.empty() ? path : prefix + "/" + path;
     if (n.type == NodeType::Dir) {
       e["type"] = "dir";
       e["size"] = 0;
-    } else if (auto t = tensor_info(cp.tree, id)) {
+    } else if (auto t = tensor_info(tree, id)) {
       e["type"] = "tensor";
       e["size"] = n.data->size();
       e["dtype"] = t->dtype;
@@ -46,27 +51,101 @@ nlohmann::json inspect_json(const Checkpoint& cp, const std::string& source) {
     }
     entries.push_back(std::move(e));
   });
+}
+
+// A folder of checkpoints, as the folder mount lists it: every view indexed (inspect is the
+// mount's oracle, so it does eagerly what the mount does on first access).
+void folder_entries(const std::string& root, const std::string& rel, nlohmann::json& entries,
+                    std::vector<std::string>& warnings) {
+  std::string dir = rel.empty() ? root : root + "/" + rel;
+  std::vector<std::string> w;
+  auto list = list_folder(dir, sniff_folder_entry, &w);
+  for (auto& x : w) warnings.push_back(x.substr(std::min(x.size(), root.size() + 1)));
+  for (const auto& fe : list) {
+    std::string path = rel.empty() ? fe.name : rel + "/" + fe.name;
+    nlohmann::json e;
+    e["path"] = path;
+    switch (fe.kind) {
+      case FolderEntry::Kind::File:
+        e["type"] = "file";
+        e["size"] = static_cast<uint64_t>(fe.st.st_size);
+        entries.push_back(std::move(e));
+        break;
+      case FolderEntry::Kind::Symlink: {
+        char buf[PATH_MAX];
+        ssize_t n = ::readlink((dir + "/" + fe.name).c_str(), buf, sizeof buf);
+        e["type"] = "link";
+        e["size"] = static_cast<uint64_t>(fe.st.st_size);
+        e["target"] = n < 0 ? std::string() : std::string(buf, static_cast<size_t>(n));
+        entries.push_back(std::move(e));
+        break;
+      }
+      case FolderEntry::Kind::Dir:
+        e["type"] = "dir";
+        e["size"] = 0;
+        entries.push_back(std::move(e));
+        folder_entries(root, path, entries, warnings);
+        break;
+      case FolderEntry::Kind::View: {
+        std::string of = rel.empty() ? fe.of : rel + "/" + fe.of;
+        Checkpoint cp;
+        try {
+          cp = open_checkpoint(root + "/" + of);
+        } catch (const std::exception& ex) {
+          warnings.push_back(of + ": no .tensors view: " + ex.what());
+          break;
+        }
+        for (const auto& x : cp.warnings) warnings.push_back(of + ": " + x);
+        e["type"] = "dir";
+        e["size"] = 0;
+        entries.push_back(std::move(e));
+        tree_entries(cp.tree, path, entries);
+        break;
+      }
+    }
+  }
+}
+
+nlohmann::json document(const std::string& source, const char* format, const std::vector<std::string>& warnings,
+                        nlohmann::json entries) {
   return nlohmann::json{{"nemofs_inspect", 1},
                         {"source", source},
-                        {"format", format_name(cp.format)},
-                        {"warnings", cp.warnings},
+                        {"format", format},
+                        {"warnings", warnings},
                         {"entries", std::move(entries)}};
 }
 
-void inspect_text(const Checkpoint& cp, std::ostream& out) {
-  out << "# format: " << format_name(cp.format) << "\n";
-  for (const auto& w : cp.warnings) out << "# warning: " << w << "\n";
-  cp.tree.walk([&](NodeId id, const Node& n) {
-    if (id == Tree::kRoot) return;
-    std::string path = cp.tree.path_of(id);
-    if (n.type == NodeType::Dir) {
-      out << "dir     " << path << "/\n";
-    } else if (auto t = tensor_info(cp.tree, id)) {
-      out << "tensor  " << path << "  " << t->dtype << " " << t->shape.dump() << "  " << n.data->size() << " bytes\n";
-    } else {
-      out << "file    " << path << "  " << n.data->size() << " bytes\n";
-    }
-  });
+}  // namespace
+
+nlohmann::json inspect_json(const Checkpoint& cp, const std::string& source) {
+  nlohmann::json entries = nlohmann::json::array();
+  tree_entries(cp.tree, "", entries);
+  return document(source, format_name(cp.format), cp.warnings, std::move(entries));
 }
+
+nlohmann::json inspect_folder_json(const std::string& folder, const std::string& source) {
+  nlohmann::json entries = nlohmann::json::array();
+  std::vector<std::string> warnings;
+  folder_entries(folder, "", entries, warnings);
+  return document(source, format_name(Format::Folder), warnings, std::move(entries));
+}
+
+void inspect_text(const nlohmann::json& doc, std::ostream& out) {
+  out << "# format: " << doc["format"].get<std::string>() << "\n";
+  for (const auto& w : doc["warnings"]) out << "# warning: " << w.get<std::string>() << "\n";
+  for (const auto& e : doc["entries"]) {
+    const std::string type = e["type"].get<std::string>();
+    const std::string path = e["path"].get<std::string>();
+    uint64_t size = e["size"].get<uint64_t>();
+    if (type == "dir") out << "dir     " << path << "/\n";
+    else if (type == "tensor")
+      out << "tensor  " << path << "  " << e["dtype"].get<std::string>() << " " << e["shape"].dump() << "  " << size
+          << " bytes\n";
+    else if (type == "link") out << "link    " << path << " -> " << e["target"].get<std::string>() << "\n";
+    else out << "file    " << path << "  " << size << " bytes\n";
+  }
+}
+
+void inspect_text(const Checkpoint& cp, std::ostream& out) { inspect_text(inspect_json(cp, ""), out); }
 
 }  // namespace nemofs

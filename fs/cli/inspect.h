@@ -3,8 +3,9 @@
 //
 // --json output is a stable, versioned interface (schema version 1):
 //   {"nemofs_inspect": 1, "source": str, "format": str, "warnings": [str],
-//    "entries": [{"path": str, "type": "dir"|"file"|"tensor", "size": int,
-//                 "dtype": str, "shape": [int]   (tensors only)}]}
+//    "entries": [{"path": str, "type": "dir"|"file"|"tensor"|"link", "size": int,
+//                 "dtype": str, "shape": [int]   (tensors only),
+//                 "target": str                  (links only: a folder's symbolic link)}]}
 // A "tensor" is a file with a sidecar `<file>.json` naming its dtype/shape/nbytes; the sidecar is
 // itself listed as a "file". Paths are relative to the mount root, '/'-separated, dirs included.
 #pragma once
@@ -19,6 +20,10 @@
 namespace nemofs {
 
 nlohmann::json inspect_json(const Checkpoint& cp, const std::string& source);
+// A folder of checkpoints (format "folder"): its entries and every view, indexed now; a view that
+// cannot be built is left out with a warning, as the mount leaves it out.
+nlohmann::json inspect_folder_json(const std::string& folder_realpath, const std::string& source);
 void inspect_text(const Checkpoint& cp, std::ostream& out);
+void inspect_text(const nlohmann::json& inspect_document, std::ostream& out);
 
 }  // namespace nemofs

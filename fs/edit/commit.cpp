@@ -69,8 +69,10 @@ bool same_bytes(const ByteSource& a, uint64_t aoff, const ByteSource& b, uint64_
   throw SysError(EIO, "check of the new archive failed: " + what);
 }
 
-// `out` = the new archive's tar stream, `old` = the old one's.
-void verify(const ByteSource& out, const ByteSource& old, const CommitRequest& req, uint64_t expected_size) {
+// `out` = the new archive's tar stream, `old` = the old one's. Every item must lie where the plan
+// put it: an alignment pad is folded into the entry after it (index_tar reads a pax global header
+// as part of the next member's headers), so that entry starts at the pad.
+void verify(const ByteSource& out, const ByteSource& old, const std::vector<CommitItem>& items, uint64_t expected_size) {
   if (out.size() != expected_size)
     check_failed("size " + std::to_string(out.size()) + ", expected " + std::to_string(expected_size));
   TarIndex idx;
@@ -79,38 +81,86 @@ void verify(const ByteSource& out, const ByteSource& old, const CommitRequest& r
   } catch (const FormatError& e) {
     check_failed(e.what());
   }
-  if (idx.entries.size() != req.items.size())
-    check_failed(std::to_string(idx.entries.size()) + " members, expected " + std::to_string(req.items.size()));
+  if (idx.entries.size() != items.size())
+    check_failed(std::to_string(idx.entries.size()) + " members, expected " + std::to_string(items.size()));
   auto bad = [](const std::string& label, const std::string& what) {
     return SysError(EIO, "check of the new archive failed at '" + label + "': " + what);
   };
-  for (size_t i = 0; i < req.items.size(); ++i) {
-    const CommitItem& it = req.items[i];
+  uint64_t pos = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const CommitItem& it = items[i];
     const TarEntry& got = idx.entries[i];
+    const uint64_t own = pos + it.pad.size();  // the item's own first header block
+    if (got.header_offset != pos) throw bad(it.label, "member is not where the plan put it");
+    if (!it.pad.empty() && !same_bytes(out, pos, MemorySource(it.pad), 0, it.pad.size()))
+      throw bad(it.label, "alignment padding differs from the plan");
     if (it.kind == CommitItem::Kind::Verbatim) {
       const TarEntry& want = it.entry;
       if (got.name != want.name || got.size != want.size || got.typeflag != want.typeflag)
         throw bad(it.label, "member differs from the original");
-      uint64_t hlen = want.data_offset - want.header_offset;
-      if (got.data_offset - got.header_offset != hlen || !same_bytes(out, got.header_offset, old, want.header_offset, hlen))
+      const uint64_t hlen = want.data_offset - it.from;
+      if (got.data_offset != own + hlen || !same_bytes(out, own, old, it.from, hlen))
         throw bad(it.label, "header blocks differ from the original");
+      pos = own + (it.to - it.from);
     } else {
       if (got.size != it.member.size || (got.type == TarType::Dir) != it.member.dir)
         throw bad(it.label, "size or type differs from the plan");
       std::string h(it.header.size(), '\0');
-      if (got.data_offset - got.header_offset != h.size() || out.read_at(got.header_offset, h.data(), h.size()) != h.size() ||
-          h != it.header)
+      if (got.data_offset != own + h.size() || out.read_at(own, h.data(), h.size()) != h.size() || h != it.header)
         throw bad(it.label, "header blocks differ from the plan");
       if (it.member.size) {
         bool same = it.data_fd >= 0 ? same_bytes(out, got.data_offset, FdSource(it.data_fd), it.data_off, it.member.size)
                                     : same_bytes(out, got.data_offset, *it.data_src, 0, it.member.size);
         if (!same) throw bad(it.label, "bytes differ from the edited file");
       }
+      pos = got.data_offset + it.member.size + tar_padding(it.member.size);
     }
   }
 }
 
+// The block size that sharing needs offsets to be congruent modulo: the new file's st_blksize
+// when it is a sane power of two, else 4096.
+uint64_t share_block(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return 4096;
+  const uint64_t b = static_cast<uint64_t>(st.st_blksize);
+  if (b < 512 || b > (1u << 20) || (b & (b - 1))) return 4096;
+  return b;
+}
+
 }  // namespace
+
+uint64_t align_for_sharing(std::vector<CommitItem>& items, const ByteSource& old, int archive_fd, uint64_t block) {
+  uint64_t pos = 0, added = 0;
+  for (CommitItem& it : items) {
+    it.pad.clear();
+    uint64_t src = 0, dst = 0, run = 0;
+    if (it.kind == CommitItem::Kind::Verbatim) {
+      // A pad of an earlier commit is not carried: this one decides afresh.
+      const uint64_t p = tar_pad_at(old, it.from);
+      if (p && it.from + p < it.entry.data_offset) it.from += p;
+      src = it.from;
+      dst = pos;
+      run = it.to - it.from;
+    } else if (it.data_fd == archive_fd && archive_fd >= 0 && it.member.size) {
+      src = it.data_off;  // renamed, not edited: its data is a range of the old archive
+      dst = pos + it.header.size();
+      run = it.member.size;
+    }
+    if (run >= kMinShareRun && block > 512 && block % 512 == 0) {
+      uint64_t need = (src % block + block - dst % block) % block;
+      if (need) {
+        if (need < 1024) need += block;
+        it.pad = tar_pad(need);
+        added += need;
+      }
+    }
+    pos += it.pad.size() + (it.kind == CommitItem::Kind::Verbatim
+                                ? it.to - it.from
+                                : it.header.size() + it.member.size + tar_padding(it.member.size));
+  }
+  return added;
+}
 
 CommitResult write_archive(const CommitRequest& req) {
   struct stat orig {};
@@ -125,8 +175,16 @@ CommitResult write_archive(const CommitRequest& req) {
     if (::fchown(fd.get(), orig.st_uid, orig.st_gid) != 0 && errno != EPERM) throw_sys(errno, tmp + ": chown");
     if (::fchmod(fd.get(), orig.st_mode & 07777) != 0) throw_sys(errno, tmp + ": chmod");
 
+    const bool gzip = req.compression == Compression::Gzip;
+    std::unique_ptr<FdSource> old_fd;
+    if (!req.archive) old_fd = std::make_unique<FdSource>(req.archive_fd);
+    const ByteSource& old = req.archive ? *req.archive : *old_fd;
+    const uint64_t block = share_block(fd.get());
+    std::vector<CommitItem> items = req.items;
+    if (!gzip) align_for_sharing(items, old, req.archive_fd, block);
     uint64_t total = 0;
-    for (const auto& it : req.items) {
+    for (const auto& it : items) {
+      total += it.pad.size();
       if (it.kind == CommitItem::Kind::Verbatim) total += it.to - it.from;
       else total += it.header.size() + it.member.size + tar_padding(it.member.size);
     }
@@ -139,7 +197,6 @@ CommitResult write_archive(const CommitRequest& req) {
         req.progress(done, total);
       }
     };
-    const bool gzip = req.compression == Compression::Gzip;
     std::unique_ptr<ArchiveSink> sink;
     GzipSink* gz_sink = nullptr;
     if (gzip) {
@@ -148,10 +205,11 @@ CommitResult write_archive(const CommitRequest& req) {
       gz_sink = g.get();
       sink = std::move(g);
     } else {
-      sink = std::make_unique<FileSink>(fd.get(), progress);
+      sink = std::make_unique<FileSink>(fd.get(), progress, WriteBehind{}, block);
     }
     static const char zeros[10240] = {};
-    for (const auto& it : req.items) {
+    for (const auto& it : items) {
+      sink->bytes(it.pad.data(), it.pad.size());
       if (it.kind == CommitItem::Kind::Verbatim) {
         if (req.archive) sink->source(*req.archive, it.from, it.to - it.from);
         else sink->range(req.archive_fd, it.from, it.to - it.from);
@@ -172,13 +230,13 @@ CommitResult write_archive(const CommitRequest& req) {
     if (req.progress) req.progress(total, total);
     io::fsync(fd.get(), "syncing the new archive");
 
-    std::unique_ptr<FdSource> old_fd;
-    if (!req.archive) old_fd = std::make_unique<FdSource>(req.archive_fd);
-    const ByteSource& old = req.archive ? *req.archive : *old_fd;
     auto file = std::make_shared<FileSource>(tmp);
     uint64_t on_disk = total;
+    uint64_t shared = 0;
     if (!gzip) {
-      verify(*file, old, req, total);
+      verify(*file, old, items, total);
+      // Measured while the old archive still holds its extents (before the rename drops it).
+      shared = io::shared_extent_bytes(fd.get(), total);
     } else {
       on_disk = gz_sink->compressed_size();
       if (file->size() != on_disk)
@@ -194,8 +252,9 @@ CommitResult write_archive(const CommitRequest& req) {
       } catch (const FormatError& e) {
         check_failed(e.what());
       }
+      if (gidx->trailing_at) check_failed("bytes after the last gzip member at byte " + std::to_string(gidx->trailing_at));
       GzipSource stream(file, gidx, 8u << 20);
-      verify(stream, old, req, total);
+      verify(stream, old, items, total);
       // The next mount (and a mount that stays up) finds the index: a rename keeps the inode and
       // the mtime, so the key still matches the file once it is in place. Failing to store it
       // only costs that mount a pass.
@@ -204,6 +263,7 @@ CommitResult write_archive(const CommitRequest& req) {
 
     CommitResult res;
     res.bytes = on_disk;
+    res.shared = shared;
     res.tar_bytes = total;
     res.identity = archive_identity(fd.get());
     if (req.before_rename) req.before_rename(res.identity);

@@ -15,6 +15,16 @@
 // Unchanged members are read from the old archive's uncompressed stream (GzipSource: every block
 // is checked against the CRCs of the old archive's index) and recompressed.
 //
+// Sharing blocks (plain archives): an unchanged member copied with copy_file_range costs no copy
+// and no disk space on a reflink filesystem (XFS, btrfs) when its bytes keep their offset modulo
+// the filesystem block: the kernel then shares the old archive's extents. An edit that changes a
+// member's size in 512-byte blocks shifts every later member; align_for_sharing puts an alignment
+// pad (tar_pad: a pax global header every reader skips, 1 KiB to one block + 512 bytes) before the
+// first member of each shifted run of at least 64 KiB, so the shift becomes a multiple of the
+// block. Pads nemofs wrote before are dropped first, so they never pile up. Done on every
+// filesystem (an archive moved to XFS later benefits too); gzip archives cannot share blocks and
+// get no pads.
+//
 // Steps: write to `<target>.nemofs-tmp-XXXXXX` in the target's folder (locked with flock so a
 // second mount cannot take it), fchown/fchmod like the original, fsync, re-index with index_tar
 // and compare every member's name, type, size and header bytes with the plan, compare the bytes of
@@ -56,6 +66,8 @@ struct CommitItem {
   // renamed but not edited), then zero padding.
   TarMember member;
   std::string header;
+  // Alignment padding written before the item (tar_pad; empty = none): align_for_sharing sets it.
+  std::string pad;
   int data_fd = -1;
   uint64_t data_off = 0;
   SourcePtr data_src;
@@ -84,12 +96,21 @@ struct CommitRequest {
 struct CommitResult {
   UniqueFd fd;            // the result, open and flock'ed
   uint64_t bytes = 0;     // size of the result (on disk: compressed for gzip)
+  uint64_t shared = 0;    // of those, bytes in extents shared with the old archive (reflinks)
   uint64_t tar_bytes = 0;  // size of its tar stream
   FileIdentity identity;
 };
 
 // Throws SysError with a one-line message (its errno: ENOSPC, EIO, ...).
 CommitResult write_archive(const CommitRequest& req);
+
+// Sets every item's pad for a plain archive written to a filesystem of `block`-byte blocks (see
+// above): `old` is the old archive, `archive_fd` its descriptor (members renamed but not edited
+// are read from it too). Verbatim items that start with a pad nemofs wrote start after it.
+// Returns the pad bytes added.
+uint64_t align_for_sharing(std::vector<CommitItem>& items, const ByteSource& old, int archive_fd, uint64_t block);
+// The smallest run of bytes from the old archive worth a pad.
+inline constexpr uint64_t kMinShareRun = 64 << 10;
 
 // Removes `<target>.nemofs-tmp-*` left by a crashed commit (those nobody holds locked).
 void remove_stale_temporaries(const std::string& target_path);

@@ -411,8 +411,13 @@ CommitOutcome Editor::commit(bool final) {
   }
   if (opts_.observer) opts_.observer->progress_done();
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  char tail[96];
-  std::snprintf(tail, sizeof tail, " (%s in %.1f s)", human(res.bytes).c_str(), secs);
+  char tail[128];
+  // A plain archive says how much of it shares blocks with the old one (reflink filesystems): the
+  // rest was written. gzip output never shares.
+  if (gen_->gzip)
+    std::snprintf(tail, sizeof tail, " (%s in %.1f s)", human(res.bytes).c_str(), secs);
+  else
+    std::snprintf(tail, sizeof tail, " (%s, %s shared, in %.1f s)", human(res.bytes).c_str(), human(res.shared).c_str(), secs);
   CommitOutcome out{true, 0,
                     "committed " + std::to_string(pending) + (pending == 1 ? " change" : " changes") + " to " + target + tail};
   if (!in_place) {

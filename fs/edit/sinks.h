@@ -47,8 +47,11 @@ struct WriteBehind {
 
 class FileSink final : public ArchiveSink {
  public:
-  FileSink(int fd, std::function<void(uint64_t)> progress, WriteBehind wb = {})
-      : fd_(fd), progress_(std::move(progress)), wb_(wb) {}
+  // `block`: the filesystem block; copies of ranges are cut at its multiples in the new file, so a
+  // range whose source offset is congruent (fs/edit/commit.h) reaches copy_file_range in aligned
+  // pieces that a reflink filesystem shares instead of copying.
+  FileSink(int fd, std::function<void(uint64_t)> progress, WriteBehind wb = {}, uint64_t block = 4096)
+      : fd_(fd), progress_(std::move(progress)), wb_(wb), block_(block) {}
   void bytes(const char* p, size_t n) override;
   void range(int fd, uint64_t off, uint64_t len) override;
   void zeros(uint64_t n) override;
@@ -60,6 +63,7 @@ class FileSink final : public ArchiveSink {
   int fd_;
   std::function<void(uint64_t)> progress_;
   WriteBehind wb_;
+  uint64_t block_;
   bool write_behind_ = true;
   uint64_t wb_started_ = 0;  // writeback started on [0, wb_started_)
   uint64_t wb_settled_ = 0;  // [0, wb_settled_) is on disk and out of the page cache

@@ -67,7 +67,7 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
   if (b->writable()) {
     if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
-  } else if (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) {
+  } else if (b->immutable() && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT)) {
     g_no_open = true;
   }
   // 1 MiB requests: libfuse asks the kernel for max_pages from max_write.
@@ -292,6 +292,8 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plu
           p.attr_timeout = 86400.0;
           p.entry_timeout = 86400.0;
           if (b.writable()) p.attr_timeout = p.entry_timeout = 1.0;  // as WritableBackend::entry_of
+          if (e.attr_timeout >= 0) p.attr_timeout = e.attr_timeout;
+          if (e.entry_timeout >= 0) p.entry_timeout = e.entry_timeout;
         } else {
           p.attr = e.attr;  // ino 0 entry: the kernel does not instantiate it
         }

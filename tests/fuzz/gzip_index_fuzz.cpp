@@ -18,15 +18,23 @@ using namespace nemofs;
 
 namespace {
 
-// zlib's decoding of every member, or nullopt when zlib refuses the stream; zero padding after the
-// last member is accepted, like nemofs and CPython do.
-std::optional<std::string> zlib_gunzip(const uint8_t* data, size_t size) {
+// zlib's decoding of every member, or nullopt when zlib refuses the stream. Zero padding between
+// and after members is skipped, like nemofs and CPython do; other bytes after a complete member
+// that do not start with the gzip magic end the stream (`gzip -d`'s "trailing garbage ignored"),
+// and *trailing_at says where (0 = none).
+std::optional<std::string> zlib_gunzip(const uint8_t* data, size_t size, uint64_t* trailing_at) {
   std::string out;
   size_t pos = 0;
+  *trailing_at = 0;
   while (pos < size) {
-    bool zeros = true;
-    for (size_t i = pos; i < size && zeros; ++i) zeros = data[i] == 0;
-    if (zeros && pos > 0) break;
+    if (pos > 0) {
+      while (pos < size && data[pos] == 0) ++pos;
+      if (pos == size) break;
+      if (pos + 1 >= size || data[pos] != 0x1f || data[pos + 1] != 0x8b) {
+        *trailing_at = pos;
+        break;
+      }
+    }
     z_stream s{};
     if (inflateInit2(&s, 31) != Z_OK) abort();
     s.next_in = const_cast<Bytef*>(data + pos);
@@ -68,8 +76,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   std::string all(gz->size(), '\0');
   if (gz->read_at(0, all.data(), all.size()) != all.size()) abort();
-  auto ref = zlib_gunzip(data, size);
-  if (!ref || *ref != all) abort();
+  uint64_t trailing_at = 0;
+  auto ref = zlib_gunzip(data, size, &trailing_at);
+  if (!ref || *ref != all || trailing_at != gz->index().trailing_at) abort();
   // Random reads on a fresh source (cold cache), offsets derived from the input itself.
   GzipSource fresh(compressed, std::make_shared<GzipIndex>(gz->index()), opt.cache_bytes);
   uint64_t h = fnv1a(kFnvOffset, data, size);

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <random>
 
+#include "tests/unit/scratch_dir.h"
 #include "formats/core/errors.h"
 #include "formats/detect/checkpoint.h"
 #include "formats/gzip/gzip_index.h"
@@ -59,14 +60,7 @@ std::string random_text(size_t n, uint32_t seed) {
   return s;
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/nemofs-gzc-XXXXXX";
-    path = ::mkdtemp(t);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-};
+using TempDir = nemofs::testing::ScratchDir;
 
 
 std::string read_src(const ByteSource& s) {

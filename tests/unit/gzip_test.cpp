@@ -15,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "tests/unit/scratch_dir.h"
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
 #include "formats/detect/checkpoint.h"
@@ -22,6 +23,7 @@
 #include "formats/nemo/nemo.h"
 #include "formats/zip/zip.h"
 #include "tests/common/manifest_check.h"
+#include "tests/unit/backend_util.h"
 
 using namespace nemofs;
 using namespace nemofs::testing;
@@ -94,18 +96,7 @@ std::string make_data(size_t n, uint64_t seed) {
   return s;
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string t = (std::filesystem::temp_directory_path() / "nemofs-gzip-XXXXXX").string();
-    if (!::mkdtemp(t.data())) throw std::runtime_error("mkdtemp");
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
+using TempDir = nemofs::testing::ScratchDir;
 
 void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
@@ -193,6 +184,49 @@ TEST(GzipFixture, MemberSourcesAreSubSourcesOfTheGzipStream) {
   ASSERT_TRUE(sub);
   EXPECT_EQ(sub->parent().get(), gz.get());
   EXPECT_FALSE(gz->file_range(0, 1));
+}
+
+// A gzip .nemo with bytes after its last gzip member: `gzip -d` and `tar xzf` read it with a
+// warning, and so does a mount, with the same members; but only when the tar inside ended with its
+// end-of-archive blocks: the same junk after a tar cut short is refused (it may be truncated).
+TEST(GzipFixture, TrailingBytesAfterACompleteTarAreAWarning) {
+  TempDir tmp;
+  const std::string tar = gunzip_all(read_whole_file(data_path("real/nemo/asr_ctc_legacy_gz.nemo")));
+  const std::string plain = tmp.path + "/plain.nemo", junk = tmp.path + "/junk.nemo", cut = tmp.path + "/cut.nemo";
+  write_file(plain, gzip_bytes(tar));
+  write_file(junk, gzip_bytes(tar) + "appended by a download tool\n");
+  const auto end = index_tar(MemorySource(tar)).end_of_entries;
+  write_file(cut, gzip_bytes(tar.substr(0, static_cast<size_t>(end))) + "appended by a download tool\n");
+  TempDir cache;
+  CacheHome home(cache.path);
+  auto good = open_checkpoint(plain);
+  auto cp = open_checkpoint(junk);
+  auto bad = check_files(tree_view(cp.tree), fixture("nemo/asr_ctc_legacy_gz.nemo"));
+  EXPECT_TRUE(bad.empty()) << ::testing::PrintToString(bad);
+  const auto entries = index_tar(MemorySource(tar)).entries;
+  for (const auto& e : entries) {
+    std::string name = e.name.rfind("./", 0) == 0 ? e.name.substr(2) : e.name;
+    if (name.empty() || e.type != TarType::File) continue;
+    EXPECT_EQ(tree_view(cp.tree).read_file(name), tree_view(good.tree).read_file(name)) << name;
+  }
+  int trailing_warnings = 0;
+  for (const auto& w : cp.warnings) trailing_warnings += w.find("bytes after the last gzip member") != std::string::npos;
+  EXPECT_EQ(trailing_warnings, 1) << ::testing::PrintToString(cp.warnings);
+  for (const auto& w : good.warnings) EXPECT_EQ(w.find("after the last gzip member"), std::string::npos) << w;
+  try {
+    open_checkpoint(cut);
+    ADD_FAILURE() << "a truncated tar followed by junk was accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("no end-of-archive blocks"), std::string::npos) << e.what();
+  }
+  // The oracles read the same members from the junk file: libarchive (bsdtar, exit 0) and
+  // CPython's tarfile (NeMo's reader).
+  const std::string n = tmp.path + "/n.txt";
+  ASSERT_EQ(std::system(("bsdtar tzf " + junk + " | wc -l > " + n).c_str()), 0);
+  EXPECT_EQ(std::stoul(read_whole_file(n)), entries.size());
+  const std::string py = "/usr/bin/python3 -c 'import tarfile,sys; print(len(tarfile.open(sys.argv[1]).getnames()))' " + junk + " > " + n;
+  ASSERT_EQ(std::system(py.c_str()), 0);
+  EXPECT_EQ(std::stoul(read_whole_file(n)), entries.size());
 }
 
 TEST_F(GzipFiles, RandomReadsMatchTheOriginal) {
@@ -353,11 +387,56 @@ TEST_F(GzipFiles, MultiMemberStreams) {
     size_t got = fresh->read_at(off, buf.data(), buf.size());
     ASSERT_EQ(0, std::memcmp(buf.data(), all.data() + off, got));
   }
-  // Zero padding after the last member is accepted, other trailing bytes are not.
+  // Zero padding after the last member, or between members, is skipped silently.
   write_file(file("pad.gz"), gz + std::string(1000, '\0'));
-  EXPECT_EQ(read_all(*open_file(file("pad.gz"), o)), all);
-  write_file(file("junk.gz"), gz + "junk");
-  EXPECT_THROW(open_file(file("junk.gz"), o), FormatError);
+  auto pad = open_file(file("pad.gz"), o);
+  EXPECT_EQ(read_all(*pad), all);
+  EXPECT_EQ(pad->index().trailing_at, 0u);
+  write_file(file("padmid.gz"), gzip_bytes(a) + std::string(700, '\0') + gzip_bytes(c));
+  auto padmid = open_file(file("padmid.gz"), o);
+  EXPECT_EQ(padmid->index().members, 2u);
+  EXPECT_EQ(read_all(*padmid), a + c);
+  // Other trailing bytes end the stream where they start (as `gzip -d` does); the stream's reader
+  // judges them (a .nemo: tests/unit/nemo_test.cpp).
+  write_file(file("junk.gz"), gz + std::string(5, '\0') + "junk");
+  auto junk = open_file(file("junk.gz"), o);
+  EXPECT_EQ(junk->index().trailing_at, gz.size() + 5);
+  EXPECT_EQ(read_all(*junk), all);
+  // A damaged member after the last good one is still refused: it starts like gzip data.
+  std::string bad = gzip_bytes(b);
+  bad[bad.size() - 3] ^= 1;
+  write_file(file("badlast.gz"), gz + bad);
+  EXPECT_THROW(open_file(file("badlast.gz"), o), FormatError);
+  write_file(file("cut.gz"), gz + gzip_bytes(c).substr(0, 100));
+  EXPECT_THROW(open_file(file("cut.gz"), o), FormatError);
+}
+
+// The trailing bytes' offset survives the index file (version 2; version 1 when there are none,
+// so every index written before stays valid), loaded from the cache on the next open.
+TEST_F(GzipFiles, TrailingBytesOffsetIsCached) {
+  std::string data = make_data(300000, 9);
+  std::string gz = gzip_bytes(data);
+  write_file(file("t.gz"), gz + "NOT GZIP");
+  GzipOptions o = dense(cache());
+  auto first = open_file(file("t.gz"), o);
+  EXPECT_EQ(first->origin(), GzipIndexOrigin::Built);
+  auto again = open_file(file("t.gz"), o);
+  EXPECT_EQ(again->origin(), GzipIndexOrigin::LoadedFromCache);
+  EXPECT_EQ(again->index().trailing_at, gz.size());
+  EXPECT_EQ(read_all(*again), data);
+  GzipFileKey k{.file = {.dev = 1, .ino = 2, .size = first->index().compressed_size, .mtime_ns = 3}};
+  std::string v2 = serialize_gzip_index(first->index(), k);
+  EXPECT_EQ(v2[8], 2);
+  std::string why;
+  auto back = parse_gzip_index(v2, &k, &why);
+  ASSERT_TRUE(back) << why;
+  EXPECT_EQ(back->trailing_at, gz.size());
+  // An offset outside the file is refused (then rebuilt), like any other structural fault.
+  GzipIndex forged = first->index();
+  forged.trailing_at = forged.compressed_size;
+  EXPECT_FALSE(parse_gzip_index(serialize_gzip_index(forged, k), &k, &why));
+  auto plain = build_gzip_index(MemorySource(gz), dense(""));
+  EXPECT_EQ(serialize_gzip_index(plain, k)[8], 1);
 }
 
 TEST_F(GzipFiles, HeaderFieldsAndHeaderCrc) {

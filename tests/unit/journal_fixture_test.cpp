@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/unit/scratch_dir.h"
 #include "formats/core/errors.h"
 #include "formats/core/io.h"
 #include "formats/detect/checkpoint.h"
@@ -66,14 +67,7 @@ std::unique_ptr<WritableBackend> open_backend(const std::string& archive) {
 }
 
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/nemofs-jfx-XXXXXX";
-    path = ::mkdtemp(t);
-  }
-  ~TempDir() { fsys::remove_all(path); }
-};
+using TempDir = nemofs::testing::ScratchDir;
 
 int err_of(const std::function<void()>& f) {
   try {

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "tests/unit/scratch_dir.h"
 #include "formats/core/errors.h"
 #include "formats/detect/checkpoint.h"
 #include "formats/nemo/nemo.h"
@@ -46,21 +47,7 @@ std::string member(TarHeader h, const std::string& data) {
   return tar_header_block(h) + pad512(data);
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/nemofs_tar_readers_XXXXXX";
-    path = ::mkdtemp(tmpl) ? tmpl : "";
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::string write(const std::string& name, const std::string& bytes) const {
-    std::string p = path + "/" + name;
-    FILE* f = std::fopen(p.c_str(), "wb");
-    std::fwrite(bytes.data(), 1, bytes.size(), f);
-    std::fclose(f);
-    return p;
-  }
-};
+using TempDir = nemofs::testing::ScratchDir;
 
 // The logical file the sparse tests store: data at its start, middle and end, holes between.
 const uint64_t kLogical = 100000;
