@@ -231,66 +231,111 @@ GzipIndex GzipIndexRecorder::finish(uint64_t compressed_size, uint32_t members, 
 // ---------------------------------------------------------------------------------------------
 // First pass
 
+void GzipIndexRecorder::rewind_to_last_point() {
+  if (idx_.points.empty()) throw std::logic_error("gzip index: no access point to rewind to");
+  const GzipPoint& p = idx_.points.back();
+  idx_.block_crcs.resize(p.first_block);
+  idx_.windows.resize(p.window_off + p.window_stored);
+  out_ = block_start_ = last_point_out_ = p.out;
+  block_crc_ = seg_crc_ = member_crc_ = 0;
+  seg_len_ = 0;
+  member_out_ = p.out;  // only single-stream (raw deflate) indexes rewind: its one member began at 0
+  index_bytes_ = idx_.points.size() * kPointBytes + idx_.windows.size() + 4 * idx_.block_crcs.size();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The indexing inflate
+
+namespace gzip_internal {
+
+void IndexingInflate::reset(const ByteSource& src, uint64_t at, uint8_t bits, const std::string& window) {
+  if (inflateReset(&z.s) != Z_OK) throw std::bad_alloc();
+  z.s.avail_in = 0;
+  if (bits) {
+    unsigned char ch = 0;
+    if (at == 0 || src.read_at(at - 1, &ch, 1) != 1) eio(src.describe() + ": deflate data ends early");
+    if (inflatePrime(&z.s, bits, ch >> (8 - bits)) != Z_OK) eio(src.describe() + ": cannot resume inflating");
+  }
+  if (!window.empty()) {
+    if (window.size() > kWindow ||
+        inflateSetDictionary(&z.s, reinterpret_cast<const Bytef*>(window.data()), static_cast<uInt>(window.size())) != Z_OK)
+      eio(src.describe() + ": cannot resume inflating");
+    std::memcpy(out.data(), window.data(), window.size());
+  }
+  have = window.size();
+  in_next = at;
+}
+
+int IndexingInflate::step(const ByteSource& src, GzipIndexRecorder& rec,
+                          const std::function<void(const unsigned char*, size_t)>& sink, const std::string& what) {
+  // At the end of the input inflate may still have output to give (the end of the last block,
+  // or the stream's end): only an inflate that can make no progress means the data is cut short.
+  if (z.s.avail_in == 0 && in_next < in_end) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(in.size(), in_end - in_next));
+    size_t got = src.read_at(in_next, in.data(), want);
+    if (got == 0) throw FormatError("gzip", in_next, "truncated: the deflate data of " + what + " ends early");
+    z.s.next_in = in.data();
+    z.s.avail_in = static_cast<uInt>(got);
+    in_next += got;
+  }
+  if (have == out.size()) {
+    std::memmove(out.data(), out.data() + have - kWindow, kWindow);
+    have = kWindow;
+  }
+  z.s.next_out = out.data() + have;
+  z.s.avail_out = static_cast<uInt>(out.size() - have);
+  int ret = inflate(&z.s, Z_BLOCK);
+  size_t produced = out.size() - have - z.s.avail_out;
+  if (ret == Z_BUF_ERROR && z.s.avail_in == 0 && in_next >= in_end)
+    throw FormatError("gzip", in_next, "truncated: the deflate data of " + what + " ends early");
+  if (ret != Z_OK && ret != Z_STREAM_END && !(ret == Z_BUF_ERROR && z.s.avail_in == 0))
+    throw FormatError("gzip", consumed(),
+                      what + ": invalid deflate data (" + std::string(z.s.msg ? z.s.msg : "inflate failed") + ")");
+  if (produced) {
+    sink(out.data() + have, produced);
+    have += produced;
+  }
+  if (ret == Z_STREAM_END) return ret;
+  if ((z.s.data_type & 128) && !(z.s.data_type & 64)) {
+    size_t wl = static_cast<size_t>(std::min<uint64_t>(kWindow, rec.member_out()));
+    if (rec.want_point(wl)) rec.add_point(consumed(), static_cast<uint8_t>(z.s.data_type & 7), out.data() + have - wl, wl);
+  }
+  return Z_OK;
+}
+
+}  // namespace gzip_internal
+
+// ---------------------------------------------------------------------------------------------
+// First pass
+
 GzipIndex build_gzip_index(const ByteSource& src, const GzipOptions& opt, const std::string& label) {
   const uint64_t csize = src.size();
   GzipIndexRecorder rec(opt.block_size, opt.min_span, opt.max_index_ratio);
   Progress progress(label.empty() ? src.describe() : label, csize, opt.progress);
-  RawInflate z;
-  std::vector<unsigned char> in(256 << 10);
-  // The last 32 KiB of output stay in front of the fresh output: the window of a new point.
-  std::vector<unsigned char> out(kWindow + (256 << 10));
-  size_t have = 0;
+  IndexingInflate ii;
+  ii.in_end = csize;
+  auto sink = [&](const unsigned char* p, size_t n) {
+    rec.output(p, n);
+    if (opt.max_uncompressed && rec.out() > opt.max_uncompressed)
+      throw FormatError("gzip", std::nullopt, "inflates to more than the limit of " + std::to_string(opt.max_uncompressed) + " bytes");
+  };
   uint32_t members = 0;
   uint64_t pos = 0;
   uint64_t trailing_at = 0;
   for (;;) {
     const uint64_t member_at = pos;
-    uint64_t in_next = parse_gzip_member_header(src, pos);
+    uint64_t data = parse_gzip_member_header(src, pos);
     ++members;
     const std::string member = "member " + std::to_string(members) + " (at byte " + std::to_string(member_at) + ")";
-    if (inflateReset(&z.s) != Z_OK) throw std::bad_alloc();
-    z.s.avail_in = 0;
+    // The output of earlier members stays in front (history for nothing: no back-reference
+    // reaches before a member start, so a point there needs no window).
+    if (inflateReset(&ii.z.s) != Z_OK) throw std::bad_alloc();
+    ii.z.s.avail_in = 0;
+    ii.in_next = data;
     rec.member_begin();
-    // No back-reference reaches before a member start, so a point there needs no window.
-    if (rec.want_point(0)) rec.add_point(in_next, 0, nullptr, 0);
-    for (;;) {
-      if (z.s.avail_in == 0) {
-        size_t want = static_cast<size_t>(std::min<uint64_t>(in.size(), csize - in_next));
-        size_t got = want ? src.read_at(in_next, in.data(), want) : 0;
-        if (got == 0) throw FormatError("gzip", in_next, "truncated: the deflate data of " + member + " ends early");
-        z.s.next_in = in.data();
-        z.s.avail_in = static_cast<uInt>(got);
-        in_next += got;
-        progress.update(in_next);
-      }
-      if (have == out.size()) {
-        std::memmove(out.data(), out.data() + have - kWindow, kWindow);
-        have = kWindow;
-      }
-      z.s.next_out = out.data() + have;
-      z.s.avail_out = static_cast<uInt>(out.size() - have);
-      int ret = inflate(&z.s, Z_BLOCK);
-      size_t produced = out.size() - have - z.s.avail_out;
-      if (ret != Z_OK && ret != Z_STREAM_END && !(ret == Z_BUF_ERROR && z.s.avail_in == 0)) {
-        uint64_t at = in_next - z.s.avail_in;
-        throw FormatError("gzip", at, member + ": invalid deflate data (" + std::string(z.s.msg ? z.s.msg : "inflate failed") + ")");
-      }
-      if (produced) {
-        rec.output(out.data() + have, produced);
-        have += produced;
-        if (opt.max_uncompressed && rec.out() > opt.max_uncompressed)
-          throw FormatError("gzip", std::nullopt, "inflates to more than the limit of " + std::to_string(opt.max_uncompressed) + " bytes");
-      }
-      if (ret == Z_STREAM_END) break;
-      if ((z.s.data_type & 128) && !(z.s.data_type & 64)) {
-        size_t wl = static_cast<size_t>(std::min<uint64_t>(kWindow, rec.member_out()));
-        if (rec.want_point(wl)) {
-          uint64_t at = in_next - z.s.avail_in;
-          rec.add_point(at, static_cast<uint8_t>(z.s.data_type & 7), out.data() + have - wl, wl);
-        }
-      }
-    }
-    const uint64_t trailer = in_next - z.s.avail_in;
+    if (rec.want_point(0)) rec.add_point(data, 0, nullptr, 0);
+    while (ii.step(src, rec, sink, member) != Z_STREAM_END) progress.update(ii.in_next);
+    const uint64_t trailer = ii.consumed();
     unsigned char t[8];
     size_t got = trailer < csize ? src.read_at(trailer, t, sizeof t) : 0;
     if (got != sizeof t) throw FormatError("gzip", trailer, "truncated: " + member + " ends before its 8-byte trailer");

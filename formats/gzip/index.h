@@ -125,6 +125,15 @@ class GzipIndexRecorder {
   void add_point(uint64_t in, uint8_t bits, const unsigned char* window, size_t window_len);
   GzipIndex finish(uint64_t compressed_size, uint32_t members, uint64_t trailing_at = 0);
 
+  // For an index built while its blocks are served (a lazy raw deflate index): the index so far,
+  // the end of its last closed block, and how many blocks are closed.
+  const GzipIndex& partial() const { return idx_; }
+  uint64_t block_start() const { return block_start_; }
+  size_t blocks() const { return idx_.block_crcs.size(); }
+  // Forgets everything after the last access point (its blocks, the output since), so that
+  // recording can resume there with a fresh inflate started at that point.
+  void rewind_to_last_point();
+
  private:
   void close_block();
   void flush_segment();

@@ -50,6 +50,11 @@
 //   value node -> its value, an enum member held by a node (or an enum key) -> its name.
 //   A caller hook may render some values itself
 //   (the torch layer renders tensors as {"__tensor__": {...}}).
+//   A value too large to render (RenderBudget: more than value_nodes nodes or value_text bytes
+//   of text, counted the way it would render, shared references expanded; or more than the
+//   nodes left in the budget) -> {"__too_large__": {"class": "<its class or kind>", "nodes": N}},
+//   N = the nodes its rendering would have (saturating at 2^64 - 1). The check walks the value
+//   before anything is built and stops at the limit, so refusing costs no memory.
 #pragma once
 
 #include <algorithm>
@@ -285,10 +290,17 @@ Document unpickle(const ByteSource& src, uint64_t offset = 0, const Limits& limi
 Document unpickle(std::string_view bytes, const Limits& limits = {});
 
 // Bounds the total work of rendering a (possibly shared, DAG-shaped) value graph: every rendered
-// node costs one unit; running out is a FormatError. One budget can span many renderings.
+// node costs one unit. One budget can span many renderings; a value that does not fit in what is
+// left, or in the per-value limits, renders as the __too_large__ placeholder (see the header).
+// ~100 bytes of memory per node while one value is built: the per-value limits keep that under
+// ~100 MiB whatever the input.
 struct RenderBudget {
   uint64_t nodes_left = 1u << 24;
   uint32_t max_depth = 1000;
+  uint64_t value_nodes = 1u << 20;   // nodes of one rendered value
+  uint64_t value_text = 32u << 20;   // bytes of strings, bytes (base64) and keys in one value
+  uint64_t placeholders = 0;         // values rendered as placeholders so far
+  std::string last_placeholder;      // "<class>, <N> nodes" of the latest one (for warnings)
 };
 
 // Optional caller rendering for some values (return nullopt to use the default).

@@ -75,20 +75,24 @@ SafetensorsHeader parse_safetensors(const ByteSource& src) {
                                    std::to_string(file_size) + " bytes)");
   h.data_start = *start;
 
-  std::string text = read_exact(src, 8, static_cast<size_t>(h.header_len), kFmt);
-  if (auto bad = find_invalid_utf8(text))
-    throw FormatError(kFmt, 8 + *bad, "header is not valid UTF-8");
-  nlohmann::json doc = parse_strict_json(text, kFmt, 8);
+  nlohmann::json doc;
+  {
+    // The text goes as soon as it is parsed: a header near the 100 MB limit is held once, not twice.
+    std::string text = read_exact(src, 8, static_cast<size_t>(h.header_len), kFmt);
+    if (auto bad = find_invalid_utf8(text))
+      throw FormatError(kFmt, 8 + *bad, "header is not valid UTF-8");
+    doc = parse_strict_json(text, kFmt, 8);
+  }
   if (!doc.is_object()) throw FormatError(kFmt, 8, "header is not a JSON object (it is a JSON " + std::string(doc.type_name()) + ")");
 
   for (auto it = doc.begin(); it != doc.end(); ++it) {
     if (it.key() == "__metadata__") {
-      const auto& m = it.value();
+      auto& m = it.value();
       if (!m.is_object()) throw FormatError(kFmt, 8, "__metadata__ is not a JSON object");
       for (auto mi = m.begin(); mi != m.end(); ++mi)
         if (!mi.value().is_string())
           throw FormatError(kFmt, 8, "__metadata__ value of " + squote(mi.key()) + " is not a string");
-      h.metadata = m;
+      h.metadata = std::move(m);
       continue;
     }
     h.tensors.push_back(parse_entry(it.key(), it.value()));

@@ -515,7 +515,17 @@ class Builder {
 
   // The module's class and the rest of its state (without _parameters, _buffers, _modules), its
   // children's likewise under "modules".
-  nlohmann::ordered_json module_summary(const Value& m, uint32_t depth) {
+  // pickle::to_json, and one warning naming `where` when the value was too large to render.
+  nlohmann::ordered_json json(const Value& x, const std::string& where) {
+    const uint64_t before = budget_.placeholders;
+    auto j = pickle::to_json(x, budget_, hook_);
+    if (budget_.placeholders != before)
+      f_.warnings.push_back(where + ": value too large to render (" + budget_.last_placeholder +
+                            "): shown as a {\"__too_large__\": ...} placeholder");
+    return j;
+  }
+
+  nlohmann::ordered_json module_summary(const Value& m, const std::string& where, uint32_t depth) {
     if (depth > 1000) throw FormatError(f_.source, "modules nested deeper than 1000 levels");
     nlohmann::ordered_json j = nlohmann::ordered_json::object();
     std::string cls = m.qualified_name();
@@ -523,7 +533,8 @@ class Builder {
     auto state = nlohmann::ordered_json::object();
     for (const auto& [k, x] : m.state->entries) {
       if (k->is(Kind::Str) && (k->str == "_parameters" || k->str == "_buffers" || k->str == "_modules")) continue;
-      state[pickle::key_text(*k, budget_)] = pickle::to_json(*x, budget_, hook_);
+      std::string key = pickle::key_text(*k, budget_);
+      state[key] = json(*x, where + " state " + key);
     }
     j["state"] = std::move(state);
     auto mods = nlohmann::ordered_json::object();
@@ -531,8 +542,8 @@ class Builder {
     for (const auto& [k, x] : m.state->get("_modules")->entries) {
       std::string name = pickle::key_text(*k, budget_);
       if (x->is(Kind::None)) mods[name] = nullptr;
-      else if (module(*x) && !on_path_.count(x)) mods[name] = module_summary(*x, depth + 1);
-      else mods[name] = pickle::to_json(*x, budget_, hook_);
+      else if (module(*x) && !on_path_.count(x)) mods[name] = module_summary(*x, where + " module " + name, depth + 1);
+      else mods[name] = json(*x, where + " module " + name);
     }
     on_path_.erase(&m);
     j["modules"] = std::move(mods);
@@ -556,7 +567,7 @@ class Builder {
     }
     if (taken(dir, "__module__.json", path)) return;
     tree_.add_file(dir, "__module__.json",
-                   std::make_shared<MemorySource>(body(module_summary(m, depth)), "__module__.json"));
+                   std::make_shared<MemorySource>(body(module_summary(m, path + "__module__.json", depth)), "__module__.json"));
   }
 
   // Any other object whose state holds a tensor: __object__.json (its class and arguments), and
@@ -566,9 +577,9 @@ class Builder {
     std::string cls = o.qualified_name();
     j["__class__"] = cls.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(cls);
     auto args = nlohmann::ordered_json::array();
-    for (const Value* a : o.items) args.push_back(pickle::to_json(*a, budget_, hook_));
+    for (const Value* a : o.items) args.push_back(json(*a, path + "__object__.json args"));
     j["args"] = std::move(args);
-    if (o.kwargs() && !o.kwargs()->entries.empty()) j["kwargs"] = pickle::to_json(*o.kwargs(), budget_, hook_);
+    if (o.kwargs() && !o.kwargs()->entries.empty()) j["kwargs"] = json(*o.kwargs(), path + "__object__.json kwargs");
     tree_.add_file(dir, "__object__.json", std::make_shared<MemorySource>(body(j), "__object__.json"));
     on_path_.insert(&o);
     if (o.state->is(Kind::Dict)) {
@@ -666,12 +677,19 @@ class Builder {
       return;
     }
     if (taken(dir, name + ".json", path)) return;
-    tree_.add_file(dir, name + ".json",
-                   std::make_shared<MemorySource>(body(pickle::to_json(x, budget_, hook_)), name + ".json"));
+    const uint64_t placeholders = budget_.placeholders;
+    tree_.add_file(dir, name + ".json", std::make_shared<MemorySource>(body(json(x, path + name + ".json")), name + ".json"));
     // An OmegaConf config (or plain data holding one) also reads as the YAML OmegaConf.to_yaml
-    // writes for it, like a .nemo's model_config.yaml.
-    if (pickle::holds_omegaconf(x)) {
-      if (auto yaml = pickle::to_yaml(x, budget_); yaml && !taken(dir, name + ".yaml", path))
+    // writes for it, like a .nemo's model_config.yaml (not one too large to render).
+    if (budget_.placeholders == placeholders && pickle::holds_omegaconf(x)) {
+      std::optional<std::string> yaml;
+      try {
+        yaml = pickle::to_yaml(x, budget_);
+      } catch (const FormatError& e) {
+        // Out of render budget: the JSON is there, the YAML is left out (and said so).
+        f_.warnings.push_back(path + name + ".yaml: not shown (" + e.detail() + ")");
+      }
+      if (yaml && !taken(dir, name + ".yaml", path))
         tree_.add_file(dir, name + ".yaml", std::make_shared<MemorySource>(std::move(*yaml), name + ".yaml"));
     }
   }

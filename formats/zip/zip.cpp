@@ -1,13 +1,11 @@
 #include "formats/zip/zip.h"
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 
 #include "formats/core/checked.h"
 #include "formats/core/errors.h"
+#include "formats/gzip/gzip_index.h"
 
 namespace nemofs {
 namespace {
@@ -16,50 +14,6 @@ constexpr const char* kFmt = "zip";
 constexpr uint32_t kLocalSig = 0x04034b50, kCentralSig = 0x02014b50, kEocdSig = 0x06054b50,
                    kZip64EocdSig = 0x06064b50, kZip64LocSig = 0x07064b50;
 constexpr uint64_t kMaxCentralDir = 1ull << 30;
-
-// Inflates a deflated entry once, on first read, and keeps the bytes.
-class InflateSource final : public ByteSource {
- public:
-  InflateSource(SourcePtr compressed, uint64_t usize, std::string what)
-      : compressed_(std::move(compressed)), usize_(usize), what_(std::move(what)) {}
-  uint64_t size() const override { return usize_; }
-  size_t read_at(uint64_t off, void* buf, size_t len) const override {
-    std::call_once(once_, [this] { inflate_all(); });
-    if (off >= data_.size()) return 0;
-    size_t n = static_cast<size_t>(std::min<uint64_t>(len, data_.size() - off));
-    std::memcpy(buf, data_.data() + off, n);
-    compressed_->verify();  // the kept bytes are the old file's: a changed file answers EIO
-    return n;
-  }
-  std::string describe() const override { return what_; }
-  void verify() const override { compressed_->verify(); }
-
- private:
-  void inflate_all() const {
-    std::string in(static_cast<size_t>(compressed_->size()), '\0');
-    if (compressed_->read_at(0, in.data(), in.size()) != in.size())
-      throw SysError(EIO, what_ + ": compressed data is truncated");
-    std::string out(static_cast<size_t>(usize_), '\0');
-    z_stream zs{};
-    if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) throw SysError(ENOMEM, what_ + ": zlib init failed");
-    zs.next_in = reinterpret_cast<Bytef*>(in.data());
-    zs.avail_in = static_cast<uInt>(in.size());
-    zs.next_out = reinterpret_cast<Bytef*>(out.data());
-    zs.avail_out = static_cast<uInt>(out.size());
-    int rc = inflate(&zs, Z_FINISH);
-    uint64_t produced = zs.total_out;
-    inflateEnd(&zs);
-    // A bad stream is a corrupt entry, reported as an I/O failure of this one file.
-    if (rc != Z_STREAM_END || produced != usize_) throw SysError(EIO, what_ + ": deflate data is corrupt");
-    data_ = std::move(out);
-  }
-
-  SourcePtr compressed_;
-  uint64_t usize_;
-  std::string what_;
-  mutable std::once_flag once_;
-  mutable std::string data_;
-};
 
 }  // namespace
 
@@ -209,11 +163,11 @@ SourcePtr open_zip_entry(const SourcePtr& zip, const ZipEntry& e) {
       throw FormatError(kFmt, e.local_header, "deflated entry '" + e.name + "' claims " + std::to_string(e.usize) +
                                                   " bytes from " + std::to_string(e.csize) +
                                                   " compressed bytes (deflate expands at most 1032:1)");
-    if (e.usize > kMaxInflate)
-      throw FormatError(kFmt, e.local_header, "deflated entry '" + e.name + "' of " + std::to_string(e.usize) +
-                                                  " bytes is too large to inflate in memory (limit " + std::to_string(kMaxInflate) + ")");
-    return std::make_shared<InflateSource>(make_sub(zip, data, e.csize, e.name), e.usize,
-                                           zip->describe() + ": " + e.name);
+    if (e.usize == 0) return std::make_shared<MemorySource>(std::string(), zip->describe() + ": " + e.name);
+    // Served through a seek index built as it is first read, with its blocks in the process-wide
+    // inflate cache: memory stays bounded whatever the entry's size (formats/gzip/gzip_source.h).
+    return std::make_shared<GzipSource>(GzipSource::RawDeflate{}, make_sub(zip, data, e.csize, e.name), e.usize,
+                                        shared_inflate_cache(), zip->describe() + ": " + e.name);
   }
   throw FormatError(kFmt, e.local_header, "entry '" + e.name + "' uses compression method " + std::to_string(e.method) +
                                               " (only stored and deflate are supported)");

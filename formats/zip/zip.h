@@ -22,8 +22,10 @@
 // does, by shifting every offset by (start of the end records - cd_size - cd_offset).
 //
 // Entries: method 0 (stored) is served as a SubSource of the zip (zero-copy, file_range works);
-// method 8 (deflate, third-party re-zipped files) is inflated with zlib into memory on first read,
-// up to kMaxInflate bytes per entry (larger deflated entries are refused when opened). Encrypted
+// method 8 (deflate, third-party re-zipped files) is a GzipSource over the raw deflate data
+// (formats/gzip/gzip_source.h): indexed lazily on its first read, inflated blocks kept in the
+// process-wide bounded inflate cache, so no entry is ever held whole in memory; an entry whose
+// data does not inflate to its declared size fails reads with EIO. Encrypted
 // entries, multi-disk archives and other methods are refused. CRCs are not checked (torch can
 // write wrong ones on purpose: set_crc32_options(False)).
 #pragma once
@@ -53,8 +55,6 @@ struct ZipIndex {
   std::unordered_map<std::string, size_t> by_name;  // the last entry of a duplicated name wins
   const ZipEntry* find(std::string_view name) const;
 };
-
-constexpr uint64_t kMaxInflate = 1ull << 30;
 
 // Reads the end records and the central directory. Throws FormatError("zip", offset, ...).
 ZipIndex index_zip(const ByteSource& src);

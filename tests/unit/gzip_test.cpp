@@ -21,6 +21,7 @@
 #include "formats/detect/checkpoint.h"
 #include "formats/gzip/gzip_index.h"
 #include "formats/nemo/nemo.h"
+#include "formats/zip/zip.h"
 #include "tests/common/manifest_check.h"
 #include "tests/unit/backend_util.h"
 
@@ -831,4 +832,198 @@ TEST(GzipIndexFormat, LoadFromFileMatchesParse) {
   }
   for (size_t n : {size_t{0}, size_t{50}, size_t{91}, size_t{92}, bytes.size() / 2, bytes.size() - 1})
     EXPECT_FALSE(load(bytes.substr(0, n), &k, &why)) << "cut at " << n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw deflate streams (deflated zip entries): the same engine, indexed lazily while read.
+
+namespace {
+
+std::string raw_deflate(const std::string& data, int level = 6) {
+  z_stream s{};
+  if (deflateInit2(&s, level, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) throw std::runtime_error("deflateInit2");
+  std::string out(deflateBound(&s, data.size()) + 64, '\0');
+  s.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  s.avail_in = static_cast<uInt>(data.size());
+  s.next_out = reinterpret_cast<Bytef*>(out.data());
+  s.avail_out = static_cast<uInt>(out.size());
+  int ret = deflate(&s, Z_FINISH);
+  out.resize(s.total_out);
+  deflateEnd(&s);
+  if (ret != Z_STREAM_END) throw std::runtime_error("deflate");
+  return out;
+}
+
+std::shared_ptr<GzipSource> raw_source(const std::string& z, uint64_t usize, const std::shared_ptr<InflateCache>& cache,
+                                       uint32_t block = 64 << 10) {
+  return std::make_shared<GzipSource>(GzipSource::RawDeflate{}, std::make_shared<MemorySource>(z), usize, cache, "entry",
+                                      block);
+}
+
+int eio_of(const ByteSource& s, uint64_t off, size_t len) {
+  std::string buf(len, '\0');
+  try {
+    s.read_at(off, buf.data(), len);
+  } catch (const SysError& e) {
+    return e.err();
+  }
+  return 0;
+}
+
+}  // namespace
+
+TEST(RawDeflate, SequentialThenRandomReadsMatch) {
+  const std::string data = make_data(5 << 20, 7);
+  auto cache = make_inflate_cache(1 << 20);
+  auto src = raw_source(raw_deflate(data), data.size(), cache);
+  EXPECT_FALSE(src->indexed());
+  std::string got;
+  std::string buf(100000, '\0');
+  for (uint64_t off = 0; off < data.size(); off += buf.size()) {
+    size_t n = src->read_at(off, buf.data(), buf.size());
+    got.append(buf.data(), n);
+  }
+  ASSERT_EQ(got, data);
+  ASSERT_TRUE(src->indexed());
+  EXPECT_EQ(src->index().uncompressed_size, data.size());
+  EXPECT_GT(src->index().points.size(), 1u);  // access points beyond the start: random reads need them
+  // One inflate pass: every block produced once while indexing.
+  EXPECT_EQ(src->stats().blocks_inflated, src->index().block_crcs.size());
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 300; ++i) {
+    uint64_t off = rng() % data.size();
+    size_t len = 1 + rng() % 300000;
+    std::string b(len, '\0');
+    size_t n = src->read_at(off, b.data(), len);
+    b.resize(n);
+    ASSERT_EQ(b, data.substr(off, len)) << off;
+  }
+  EXPECT_LE(src->stats().cache_bytes, src->cache_capacity());
+}
+
+TEST(RawDeflate, FirstReadAtTheEndThenBackwards) {
+  const std::string data = make_data(4 << 20, 8);
+  auto src = raw_source(raw_deflate(data), data.size(), make_inflate_cache(512 << 10));
+  std::string b(1000, '\0');
+  ASSERT_EQ(src->read_at(data.size() - 1000, b.data(), 1000), 1000u);
+  EXPECT_EQ(b, data.substr(data.size() - 1000));
+  for (uint64_t off = data.size(); off >= 70000;) {
+    off -= 70000;
+    ASSERT_EQ(src->read_at(off, b.data(), 1000), 1000u);
+    ASSERT_EQ(b, data.substr(off, 1000)) << off;
+  }
+}
+
+TEST(RawDeflate, ReadsBeforeTheIndexedEndWhileIndexing) {
+  // Forward to the middle, then back into blocks the indexing inflate produced and the small
+  // cache evicted since: they are served through a snapshot of the index so far.
+  const std::string data = make_data(4 << 20, 9);
+  auto src = raw_source(raw_deflate(data), data.size(), make_inflate_cache(256 << 10));
+  std::string b(5000, '\0');
+  ASSERT_EQ(src->read_at(3 << 20, b.data(), b.size()), b.size());
+  EXPECT_EQ(b, data.substr(3 << 20, b.size()));
+  EXPECT_FALSE(src->indexed());
+  for (uint64_t off : {0ull, 1000000ull, 2900000ull, 3100000ull, 100ull}) {
+    ASSERT_EQ(src->read_at(off, b.data(), b.size()), b.size());
+    ASSERT_EQ(b, data.substr(off, b.size())) << off;
+  }
+  std::string rest(data.size() - 3200000, '\0');
+  ASSERT_EQ(src->read_at(3200000, rest.data(), rest.size()), rest.size());
+  EXPECT_EQ(rest, data.substr(3200000));
+  EXPECT_TRUE(src->indexed());
+}
+
+TEST(RawDeflate, IndexingInflatesAreBoundedAndResume) {
+  // Three entries read in turn, a chunk each, through a cache that keeps one indexing inflate
+  // alive: the others are dropped and resume from their last access point.
+  auto cache = make_inflate_cache(1 << 20, 2, 1);
+  std::vector<std::string> data;
+  std::vector<std::shared_ptr<GzipSource>> src;
+  for (int i = 0; i < 3; ++i) {
+    data.push_back(make_data(3 << 20, 20 + static_cast<uint64_t>(i)));
+    src.push_back(raw_source(raw_deflate(data.back()), data.back().size(), cache));
+  }
+  std::vector<std::string> got(3);
+  std::string buf(300000, '\0');
+  for (uint64_t off = 0; off < (3u << 20); off += buf.size()) {
+    for (int i = 0; i < 3; ++i) {
+      size_t n = src[static_cast<size_t>(i)]->read_at(off, buf.data(), buf.size());
+      got[static_cast<size_t>(i)].append(buf.data(), n);
+      EXPECT_LE(inflate_cache_usage(*cache).frontiers, 1u);
+    }
+  }
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(got[static_cast<size_t>(i)], data[static_cast<size_t>(i)]) << i;
+  for (auto& s : src) EXPECT_TRUE(s->indexed());
+  EXPECT_EQ(inflate_cache_usage(*cache).frontiers, 0u);
+  EXPECT_LE(inflate_cache_usage(*cache).parked, 2u);
+  EXPECT_LE(inflate_cache_usage(*cache).cache_bytes, 1u << 20);
+  src.clear();  // a source going away takes its blocks out of the shared cache
+  EXPECT_EQ(inflate_cache_usage(*cache).cache_bytes, 0u);
+}
+
+TEST(RawDeflate, ThreadsReadingFromColdMatch) {
+  const std::string data = make_data(3 << 20, 11);
+  auto src = raw_source(raw_deflate(data), data.size(), make_inflate_cache(256 << 10, 4, 2));
+  std::atomic<int> bad{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 6; ++t)
+    ts.emplace_back([&, t] {
+      std::mt19937_64 rng(static_cast<uint64_t>(t));
+      for (int i = 0; i < 60; ++i) {
+        uint64_t off = rng() % data.size();
+        size_t len = 1 + rng() % 200000;
+        std::string b(len, '\0');
+        b.resize(src->read_at(off, b.data(), len));
+        if (b != data.substr(off, len)) ++bad;
+      }
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
+TEST(RawDeflate, BadStreamsFailReadsWithEio) {
+  const std::string data = make_data(1 << 20, 12);
+  const std::string z = raw_deflate(data);
+  auto cache = make_inflate_cache(1 << 20);
+  // Cut short, declared longer or shorter than it inflates to, or corrupt: EIO, on every read
+  // that needs the bad part; bytes before it still read.
+  EXPECT_EQ(eio_of(*raw_source(z.substr(0, z.size() / 2), data.size(), cache), data.size() - 10, 10), EIO);
+  EXPECT_EQ(eio_of(*raw_source(z, data.size() + 1, cache), data.size() - 9, 10), EIO);  // needs the missing byte
+  EXPECT_EQ(eio_of(*raw_source(z, data.size() - 1, cache), data.size() - 11, 10), EIO);
+  std::string bad = z;
+  for (size_t i = bad.size() / 2; i < bad.size() / 2 + 64; ++i) bad[i] = static_cast<char>(bad[i] ^ 0x5a);
+  auto s = raw_source(bad, data.size(), cache);
+  EXPECT_EQ(eio_of(*s, data.size() - 10, 10), EIO);
+  EXPECT_EQ(eio_of(*s, data.size() - 10, 10), EIO);
+  std::string head(1000, '\0');
+  ASSERT_EQ(s->read_at(0, head.data(), head.size()), head.size());
+  EXPECT_EQ(head, data.substr(0, 1000));
+}
+
+TEST(RawDeflate, ZipEntriesAreServedThroughTheSharedCache) {
+  // A deflated 6 MiB entry, via open_zip_entry: bounded by the process-wide cache.
+  const std::string data = make_data(6 << 20, 13);
+  const std::string z = raw_deflate(data);
+  std::string zip;
+  auto le16 = [&](uint16_t v) { zip.append(reinterpret_cast<const char*>(&v), 2); };
+  auto le32 = [&](uint32_t v) { zip.append(reinterpret_cast<const char*>(&v), 4); };
+  const uint32_t crc = static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size())));
+  le32(0x04034b50); le16(20); le16(0); le16(8); le16(0); le16(0); le32(crc);
+  le32(static_cast<uint32_t>(z.size())); le32(static_cast<uint32_t>(data.size())); le16(1); le16(0);
+  zip += "e";
+  zip += z;
+  const uint32_t cd = static_cast<uint32_t>(zip.size());
+  le32(0x02014b50); le16(20); le16(20); le16(0); le16(8); le16(0); le16(0); le32(crc);
+  le32(static_cast<uint32_t>(z.size())); le32(static_cast<uint32_t>(data.size())); le16(1); le16(0); le16(0);
+  le16(0); le16(0); le32(0); le32(0);
+  zip += "e";
+  const uint32_t cd_size = static_cast<uint32_t>(zip.size()) - cd;
+  le32(0x06054b50); le16(0); le16(0); le16(1); le16(1); le32(cd_size); le32(cd); le16(0);
+  SourcePtr file = std::make_shared<MemorySource>(zip, "test.zip");
+  auto idx = index_zip(*file);
+  auto entry = open_zip_entry(file, idx.entries.at(0));
+  ASSERT_NE(std::dynamic_pointer_cast<const GzipSource>(entry), nullptr);
+  EXPECT_EQ(entry->describe(), "test.zip: e");
+  EXPECT_EQ(read_all(*entry), data);
+  EXPECT_LE(inflate_cache_usage(*shared_inflate_cache()).cache_bytes, 32u << 20);
 }

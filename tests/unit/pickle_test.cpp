@@ -334,8 +334,8 @@ TEST(PickleDefects, WrongTargets) {
             std::string::npos);
 }
 
-TEST(PickleDefects, SharedReferenceBombHitsTheRenderBudget) {
-  // x = []; then 64 times: x = [x, x]  -> 2^64 nodes when expanded.
+TEST(PickleDefects, SharedReferenceBombRendersAsAPlaceholder) {
+  // x = []; then 64 times: x = [x, x]  -> 2^65 - 1 nodes when expanded.
   PB p;
   p.proto(2).op(']');
   for (int i = 0; i < 64; ++i) p.op('q').u8(0).op('h').u8(0).op(0x86);
@@ -343,12 +343,43 @@ TEST(PickleDefects, SharedReferenceBombHitsTheRenderBudget) {
   auto doc = unpickle(p.s);
   RenderBudget b;
   b.nodes_left = 100000;
-  try {
-    (void)to_json(*doc.root, b);
-    FAIL() << "rendering a 2^64-node expansion must be refused";
-  } catch (const FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("node budget"), std::string::npos);
+  auto j = to_json(*doc.root, b);
+  ASSERT_TRUE(j.contains("__too_large__")) << j.dump();
+  EXPECT_EQ(j["__too_large__"]["class"], "tuple");
+  EXPECT_EQ(j["__too_large__"]["nodes"], UINT64_MAX);  // saturated
+  EXPECT_EQ(b.placeholders, 1u);
+  EXPECT_EQ(b.last_placeholder, "tuple, 18446744073709551615 nodes");
+}
+
+TEST(PickleDefects, PlaceholderCountsTheNodesTheRenderingWouldHave) {
+  // ["lol"], then 5 times a list of 10 references to the level below: 2 * 10^5 + 11111 nodes.
+  PB p;
+  p.proto(2).op(']').op('q').u8(0).binunicode("lol").op('a');
+  for (int i = 1; i <= 5; ++i) {
+    p.op('0').op(']').op('q').u8(static_cast<uint8_t>(i)).op('(');  // the level below stays in the memo
+    for (int k = 0; k < 10; ++k) p.op('h').u8(static_cast<uint8_t>(i - 1));
+    p.op('e');
   }
+  p.stop();
+  auto doc = unpickle(p.s);
+  RenderBudget b;
+  b.value_nodes = 1000;
+  auto j = to_json(*doc.root, b);
+  ASSERT_TRUE(j.contains("__too_large__")) << j.dump().substr(0, 200);
+  EXPECT_EQ(j["__too_large__"]["class"], "list");
+  EXPECT_EQ(j["__too_large__"]["nodes"], 211111u);
+  // With room, the same value renders in full (the count is what render() produces).
+  RenderBudget big;
+  big.value_nodes = 211111;
+  auto full = to_json(*doc.root, big);
+  EXPECT_EQ(full.size(), 10u);
+  EXPECT_EQ(full[9][9][9][9][9][0], "lol");
+  EXPECT_EQ(big.placeholders, 0u);
+  EXPECT_EQ(big.nodes_left, RenderBudget{}.nodes_left - 211111);
+  // Text counts too: 10^5 "lol"s are 300,000 bytes.
+  RenderBudget text;
+  text.value_text = 299999;
+  EXPECT_TRUE(to_json(*doc.root, text).contains("__too_large__"));
 }
 
 TEST(PickleDefects, MutatedInputsNeverCrash) {

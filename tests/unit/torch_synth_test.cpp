@@ -194,6 +194,25 @@ TEST(TorchZip, SharedReferenceBombIsRefused) {
   EXPECT_NE(err.find("object tree too large"), std::string::npos) << err;
 }
 
+TEST(TorchZip, OversizedValueIsAPlaceholderAndTensorsStillMount) {
+  // {"w": tensor, "laughs": x} with x = []; then 40 times: x = (x, x)  -> 2^41 - 1 nodes.
+  PickleBuilder p;
+  p.proto(2).op('}').op('(').str("w").tensor_v2("FloatStorage", "0", 2, 0, {2}, {1});
+  p.str("laughs").op(']');
+  for (int i = 0; i < 40; ++i) p.op('q').u8(200).op('h').u8(200).op(0x86);
+  p.str("small").ints({1, 2, 3}).op('u').stop();
+  auto b = build_zip(torch_save_zip(p.s, {{"0", floats({1, 2})}}));
+  EXPECT_EQ(read(b.tree, "w"), floats({1, 2}));
+  auto j = json::parse(read(b.tree, "laughs.json"));
+  ASSERT_TRUE(j.contains("__too_large__")) << j.dump();
+  EXPECT_EQ(j["__too_large__"]["class"], "tuple");
+  EXPECT_EQ(j["__too_large__"]["nodes"], (uint64_t{1} << 41) - 1);
+  EXPECT_EQ(json::parse(read(b.tree, "small.json")), json::parse("[1,2,3]"));
+  ASSERT_EQ(b.warnings.size(), 1u);
+  EXPECT_NE(b.warnings[0].find("laughs.json: value too large to render (tuple, 2199023255551 nodes)"), std::string::npos)
+      << b.warnings[0];
+}
+
 TEST(TorchZip, UnsupportedTensorKindsStayJsonWithAWarning) {
   PickleBuilder p;
   p.proto(2).op('}').str("q").global("torch._utils", "_rebuild_qtensor").op('(').integer(1).op('t').op('R').op('s').stop();
