@@ -7,8 +7,8 @@
 # Medians of RUNS runs, warm cache; the exporter's peak RSS from /usr/bin/time.
 #
 # usage: [DCP=0] bench/export_bench.sh [SIZE_GIB=2] [RUNS=3] [WORKDIR=/tmp]
-# needs: a built ./build/fs/nemofs, /usr/bin/python3 with torch; for the DCP part, bench/dcp_bench.sh
-# builds ./build-bench (Release) once.
+# needs: a built ./build/fs/nemofs, /usr/bin/python3 with torch; the DCP part builds the dcp_bench
+# target in ./build.
 set -euo pipefail
 SIZE_GIB=${1:-2}
 RUNS=${2:-3}
@@ -54,7 +54,11 @@ echo "  exporter peak RSS              = $((rss_kib / 1024)) MiB   (target <= 64
 
 [[ ${DCP:-1} == 0 ]] && exit 0
 rm -f "$W/a.nemo" "$W/model_weights.ckpt"
-"$ROOT/bench/dcp_bench.sh" "$W/dcp" big > /dev/null
+# The DCP folder is written by bench/dcp_bench.cpp (built in ./build, reusing its formats library),
+# which also runs its own read benchmark on it.
+cmake --build "$ROOT/build" --target dcp_bench > /dev/null
+mkdir -p "$W/dcp"
+"$ROOT/build/bench/dcp_bench" "$W/dcp" big > /dev/null
 D="$W/dcp/big"
 cat "$D"/* > /dev/null
 declare -a D_EXPORT D_CP

@@ -31,8 +31,6 @@ int dtype_rank(std::string_view dtype) {
   return -1;
 }
 
-std::string squote(const std::string& s) { return "'" + s + "'"; }
-
 // A JSON string as serde_json writes it (see the header).
 void append_json_string(std::string& out, std::string_view s) {
   static const char* kHex = "0123456789abcdef";
