@@ -213,6 +213,12 @@ int cmd_mount(const std::vector<std::string>& args) {
       std::fprintf(stderr, "nemofs mount: -o safetensors needs a read-only mount of a .nemo (add -o ro)\n");
       return kExitUsage;
     }
+    if (folder) {
+      // A folder mount builds its views on first access, from no frozen tree to add the file to.
+      std::fprintf(stderr, "nemofs mount: -o safetensors is not available for a folder of checkpoints "
+                           "(mount or nemofs export a checkpoint inside it)\n");
+      return kExitUsage;
+    }
     if (cp.format == Format::Tar || cp.format == Format::GzipTar) {
       for (NodeId view : tensor_views(cp.tree)) add_safetensors_view(cp.tree, view, cp.warnings);
     } else {

@@ -206,6 +206,17 @@ TEST(SafetensorsView, CheckpointEntryOfThatNameWins) {
   EXPECT_EQ(read_whole_file(m.path() + "/model.safetensors"), "abc");
 }
 
+TEST(SafetensorsView, FolderOfCheckpointsRefusesIt) {
+  NEMOFS_REQUIRE_FUSE();
+  TempDir tmp;
+  std::string dir = tmp / "run";
+  ::mkdir(dir.c_str(), 0755);
+  write_file(dir + "/notes.txt", "hello\n");
+  Mount m(dir, tmp / "mp", {"-o", "ro,safetensors"});
+  EXPECT_EQ(m.result().status, 1) << m.result().err;
+  EXPECT_EQ(std::count(m.result().err.begin(), m.result().err.end(), '\n'), 1) << m.result().err;
+}
+
 TEST(SafetensorsView, WritableNemoNeedsRo) {
   NEMOFS_REQUIRE_FUSE();
   TempDir tmp;
