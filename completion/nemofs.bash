@@ -1,7 +1,7 @@
 # bash completion for nemofs(1). Installed as share/bash-completion/completions/nemofs; works on its
 # own too (`source completion/nemofs.bash`): it uses bash builtins only, not bash-completion's helpers.
 
-_nemofs_mount_options="ro rw debug output= allow_other allow_root default_permissions auto_unmount"
+_nemofs_mount_options="ro rw debug output= safetensors allow_other allow_root default_permissions auto_unmount"
 
 # Completes a path (files and folders) or, with "dirs", folders only; names keep their slashes and
 # spaces thanks to -o filenames.
@@ -33,7 +33,7 @@ _nemofs() {
   prev=${COMP_WORDS[COMP_CWORD - 1]}
 
   if ((COMP_CWORD == 1)); then
-    COMPREPLY=($(compgen -W "mount umount unmount inspect status help --help --version" -- "$cur"))
+    COMPREPLY=($(compgen -W "mount umount unmount inspect export status help --help --version" -- "$cur"))
     return 0
   fi
   cmd=${COMP_WORDS[1]}
@@ -95,6 +95,23 @@ _nemofs() {
       else
         for ((i = 2; i < COMP_CWORD; i++)); do [[ ${COMP_WORDS[i]} == -* ]] || ((npos++)); done
         ((npos == 0)) && _nemofs_paths "$cur" files
+      fi
+      ;;
+    export)
+      # export SOURCE DEST [--select PATH]: PATH names a folder inside the checkpoint, not on disk.
+      if [[ $prev == --select ]]; then
+        return 0
+      elif [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "--select --help" -- "$cur"))
+      else
+        for ((i = 2; i < COMP_CWORD; i++)); do
+          case ${COMP_WORDS[i]} in
+            --select) ((i++)) ;;
+            -*) ;;
+            *) ((npos++)) ;;
+          esac
+        done
+        ((npos < 2)) && _nemofs_paths "$cur" files
       fi
       ;;
     status)

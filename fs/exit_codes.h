@@ -11,7 +11,8 @@ enum ExitCode : int {
   kExitSourceUnreadable = 2,  // the SOURCE could not be read (missing, permission, I/O error)
   kExitSourceInvalid = 3,     // not a checkpoint nemofs knows, or corrupt (file and byte offset named)
   kExitMountFailed = 4,       // mountpoint missing or busy, no /dev/fuse, server died
-  kExitCommitFailed = 5,      // the commit failed (the original archive is untouched, edits kept)
+  kExitCommitFailed = 5,      // the commit failed (the original archive is untouched, edits kept), or
+                              // `nemofs export` could not write DEST (DEST is as it was)
   kExitNotMounted = 6,        // not a nemofs mount, or unmounting failed
 };
 

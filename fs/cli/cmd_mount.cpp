@@ -14,6 +14,7 @@
 #include "formats/core/io.h"
 #include "formats/core/source_guard.h"
 #include "formats/detect/checkpoint.h"
+#include "formats/safetensors/safetensors_writer.h"
 #include "fs/backends/backend_factory.h"
 #include "fs/cli/cli.h"
 #include "fs/fuse/fuse_server.h"
@@ -147,7 +148,7 @@ int cmd_mount(const std::vector<std::string>& args) {
         if (key == "ro") req.read_only = true;
         else if (key == "rw") req.read_only = false;
         else if (key == "debug") debug = foreground = true;
-        else if (key == "commit_junk") req.nemofs_options[key] = "1";
+        else if (key == "commit_junk" || key == "safetensors") req.nemofs_options[key] = "1";
         else if (key == "output" || key == "commit") {
           if (eq == std::string::npos) {
             std::fprintf(stderr, "nemofs mount: option %s needs a value\n", key.c_str());
@@ -220,6 +221,24 @@ int cmd_mount(const std::vector<std::string>& args) {
     if (int rc = open_or_report(req.source, cp)) return rc;
   }
   req.observer = std::make_shared<StateObserver>(req.mountpoint);
+  if (req.nemofs_options.count("safetensors")) {
+    // The view is part of the frozen tree: a writable mount's tree changes with every edit.
+    if (cp.writable_candidate && !req.read_only) {
+      std::fprintf(stderr, "nemofs mount: -o safetensors needs a read-only mount of a .nemo (add -o ro)\n");
+      return kExitUsage;
+    }
+    if (folder) {
+      // A folder mount builds its views on first access, from no frozen tree to add the file to.
+      std::fprintf(stderr, "nemofs mount: -o safetensors is not available for a folder of checkpoints "
+                           "(mount or nemofs export a checkpoint inside it)\n");
+      return kExitUsage;
+    }
+    if (cp.format == Format::Tar || cp.format == Format::GzipTar) {
+      for (NodeId view : tensor_views(cp.tree)) add_safetensors_view(cp.tree, view, cp.warnings);
+    } else {
+      add_safetensors_view(cp.tree, Tree::kRoot, cp.warnings);
+    }
+  }
   for (const auto& w : cp.warnings) std::fprintf(stderr, "nemofs: %s: warning: %s\n", source_arg.c_str(), w.c_str());
 
   if (!folder) {

@@ -29,11 +29,14 @@ const char* kUsage =
     "        unmount and wait until the daemon has exited (a writable .nemo is committed first)\n"
     "  inspect SOURCE [--json]\n"
     "        print the tree the mount would show (paths, sizes, dtypes, shapes), without FUSE\n"
+    "  export SOURCE DEST [--select PATH]\n"
+    "        write the tensors of SOURCE (a .nemo: its weights; PATH: one folder of the tree a mount\n"
+    "        shows) as one .safetensors file, streamed; DEST - writes to stdout\n"
     "  status [--json]\n"
     "        list active nemofs mounts\n"
     "\n"
     "exit status: 0 ok, 1 usage, 2 source unreadable, 3 source invalid, 4 mount failed,\n"
-    "             5 commit failed, 6 not a nemofs mount\n"
+    "             5 commit or export write failed, 6 not a nemofs mount\n"
     "see nemofs(1) for details.\n";
 
 }  // namespace
@@ -59,6 +62,7 @@ int main(int argc, char** argv) {
   if (cmd == "inspect") return nemofs::cmd_inspect(args);
   if (cmd == "status") return nemofs::cmd_status(args);
   if (cmd == "commit") return nemofs::cmd_commit(args);
+  if (cmd == "export") return nemofs::cmd_export(args);
   std::fprintf(stderr, "nemofs: unknown command '%s' (try 'nemofs --help')\n", cmd.c_str());
   return nemofs::kExitUsage;
 }
