@@ -98,11 +98,11 @@ _nemofs() {
       fi
       ;;
     export)
-      # export SOURCE DEST [--select PATH]: PATH names a folder inside the checkpoint, not on disk.
+      # export SOURCE DEST [--select PATH] [--no-sync]: PATH names a folder inside the checkpoint, not on disk.
       if [[ $prev == --select ]]; then
         return 0
       elif [[ $cur == -* ]]; then
-        COMPREPLY=($(compgen -W "--select --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "--select --no-sync --help" -- "$cur"))
       else
         for ((i = 2; i < COMP_CWORD; i++)); do
           case ${COMP_WORDS[i]} in

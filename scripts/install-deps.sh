@@ -15,7 +15,7 @@ PACKAGES=(
   python3 python3-yaml python3-numpy
   python3-torch python3-omegaconf
   go-md2man dpkg-dev file lintian
-  vim-tiny vim kmod
+  vim-tiny vim kmod strace
   archivemount fuse-zip bc
   tar libarchive-tools libarchive-dev
   xfsprogs
