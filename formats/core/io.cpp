@@ -5,6 +5,8 @@
 #include <linux/fiemap.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -237,10 +240,71 @@ uint64_t shared_extent_bytes(int fd, uint64_t size) {
   return shared;
 }
 
+namespace {
+
+// Source and destination offsets that differ modulo the page size: copy_file_range then splices
+// page references and writes each destination page from two partial source pages (two copies per
+// page, 1.5x the time of a page-congruent copy measured on ext4). Writing from a read-only mapping
+// of the source instead copies each byte once, at the congruent speed. The mapping is only read by
+// the kernel inside pwrite: a page past the source's end (a file cut short meanwhile) is EFAULT
+// there, never a SIGBUS here. Returns the bytes copied; nullopt when the source cannot be mapped
+// (the caller copies as before).
+std::optional<uint64_t> copy_shifted(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len,
+                                     const std::string& what) {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  struct stat st {};
+  if (::fstat(in, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  // Bytes of the last page past the end read as zeros in a mapping: never copy past the end.
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (in_off >= size) return 0;
+  len = std::min<uint64_t>(len, size - in_off);
+  constexpr uint64_t kMap = 64ull << 20;
+  uint64_t done = 0;
+  while (done < len) {
+    const uint64_t from = in_off + done;
+    const uint64_t base = from & ~(page - 1);
+    const uint64_t want = std::min<uint64_t>(len - done, kMap);
+    const size_t map_len = static_cast<size_t>(from - base + want);
+    void* m = ::mmap(nullptr, map_len, PROT_READ, MAP_SHARED, in, static_cast<off_t>(base));
+    if (m == MAP_FAILED) {
+      if (done == 0) return std::nullopt;
+      return done;  // the caller goes on from here its own way
+    }
+    ::madvise(m, map_len, MADV_SEQUENTIAL);
+    const char* p = static_cast<const char*>(m) + (from - base);
+    uint64_t w = 0;
+    int err = 0;
+    while (w < want) {
+      ssize_t n = retry([&] { return ::pwrite(out, p + w, static_cast<size_t>(want - w), static_cast<off_t>(out_off + done + w)); });
+      if (n > 0) {
+        w += static_cast<uint64_t>(n);
+        continue;
+      }
+      err = n == 0 ? ENOSPC : errno;
+      break;
+    }
+    ::munmap(m, map_len);
+    done += w;
+    if (err == EFAULT) return done;  // the source ended under the mapping
+    if (err) throw_sys(err, what);
+  }
+  return done;
+}
+
+}  // namespace
+
 uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, const std::string& what) {
   step(Step::Copy, what);
   uint64_t done = 0;
   bool kernel = true;
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (((in_off ^ out_off) & (page - 1)) != 0 && len >= (1u << 20)) {
+    if (auto n = copy_shifted(in, in_off, out, out_off, len, what)) {
+      if (*n == len) return len;
+      // Short: the source ended (then the loop below finds its end at once), or a mapping failed.
+      done = *n;
+    }
+  }
   // Allocated once per thread, on the first copy the kernel cannot do: a commit copies piece by
   // piece, and a fresh buffer per piece cost more than the copy on small pieces.
   thread_local std::unique_ptr<char[]> buf;

@@ -83,6 +83,18 @@ void check_interrupt() {
   if (g_interrupted) throw SysError(EINTR, "interrupted");
 }
 
+// The bytes just copied from a file span are that file's as it was indexed: the span's guard
+// (one fstat) tells a source truncated or rewritten during the copy, which the copy itself may not
+// see (a same-size rewrite, or a cut inside the last page).
+void check_copied(const FileRange& fr) {
+  if (!fr.guard) return;
+  try {
+    fr.guard->check();
+  } catch (const SysError&) {
+    throw SysError(EIO, fr.guard->path() + " changed during the export");
+  }
+}
+
 // Writes all of `img` to `out`. `regular`: out is a fresh regular file written at offsets (holes
 // stay holes, file spans are copy_file_range'd); otherwise a stream (pipe, terminal, socket).
 void stream(const ByteSource& img, int out, bool regular, Progress& progress) {
@@ -105,6 +117,7 @@ void stream(const ByteSource& img, int out, bool regular, Progress& progress) {
         if (regular) {
           if (io::copy_range(p.file->fd, p.file->offset, out, at, p.len, "copy") != p.len)
             throw SysError(EIO, img.describe() + ": a source file shrank during the export");
+          check_copied(*p.file);
         } else {
           uint64_t done = 0;
           bool kernel = true;
@@ -129,6 +142,7 @@ void stream(const ByteSource& img, int out, bool regular, Progress& progress) {
             io::write_full(out, buf.get(), want, "write");
             done += want;
           }
+          check_copied(*p.file);
         }
       } else if (p.zero && regular) {
         // A hole: the final ftruncate gives the file its size; nothing to write.
@@ -142,6 +156,7 @@ void stream(const ByteSource& img, int out, bool regular, Progress& progress) {
             if (auto fr = img.file_range(at + done, want)) {
               if (io::copy_range(fr->fd, fr->offset, out, at + done, want, "copy") != want)
                 throw SysError(EIO, img.describe() + ": a source file shrank during the export");
+              check_copied(*fr);
               done += want;
               continue;
             }

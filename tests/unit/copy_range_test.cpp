@@ -1,0 +1,73 @@
+// io::copy_range: page-congruent offsets go through copy_file_range, offsets that differ modulo
+// the page size through a mapping of the source (copy_shifted). Both must copy exactly the bytes
+// asked for, and stop exactly at the source's end: a mapping reads zeros past the end of the last
+// page, which must never reach the destination.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <random>
+#include <string>
+
+#include "formats/core/io.h"
+#include "tests/unit/scratch_dir.h"
+
+namespace nemofs {
+namespace {
+
+using testing::ScratchDir;
+
+std::string random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+std::string read_file(const std::string& path) { return io::read_file(path).value_or("(missing)"); }
+
+struct Case {
+  uint64_t in_off, out_off, len;
+};
+
+TEST(CopyRange, CongruentAndShiftedOffsetsCopyExactly) {
+  ScratchDir d;
+  const std::string src = random_bytes((5u << 20) + 777, 7);
+  std::string in_path = d.write("in", src);
+  UniqueFd in = io::open(in_path, O_RDONLY);
+  // Shifted (3208 -> 64: what a safetensors export of a tar member does), congruent, shifted
+  // by one byte, shifted but under 1 MiB (left to copy_file_range), shifted from offset 0.
+  for (Case c : {Case{3208, 64, 4u << 20}, Case{4096, 8192, 4u << 20}, Case{1, 0, (5u << 20) + 776},
+                 Case{100, 9, 1000}, Case{0, 4095, 2u << 20}}) {
+    std::string out_path = d.path + "/out";
+    ::unlink(out_path.c_str());
+    UniqueFd out = io::open(out_path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    EXPECT_EQ(io::copy_range(in.get(), c.in_off, out.get(), c.out_off, c.len), c.len);
+    std::string got = read_file(out_path);
+    ASSERT_EQ(got.size(), c.out_off + c.len);
+    EXPECT_TRUE(got.substr(0, c.out_off) == std::string(c.out_off, '\0'));
+    EXPECT_TRUE(got.substr(c.out_off) == src.substr(c.in_off, c.len)) << c.in_off << " -> " << c.out_off;
+  }
+}
+
+TEST(CopyRange, StopsExactlyAtTheSourcesEnd) {
+  ScratchDir d;
+  // The source ends 123 bytes into a page: a mapping shows zeros for the rest of that page.
+  const std::string src = random_bytes((3u << 20) + 123, 11);
+  std::string in_path = d.write("in", src);
+  UniqueFd in = io::open(in_path, O_RDONLY);
+  for (uint64_t out_off : {uint64_t{64}, uint64_t{0}}) {
+    std::string out_path = d.path + "/out";
+    ::unlink(out_path.c_str());
+    UniqueFd out = io::open(out_path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    const uint64_t in_off = 4096 + 17;
+    EXPECT_EQ(io::copy_range(in.get(), in_off, out.get(), out_off, 8u << 20), src.size() - in_off);
+    std::string got = read_file(out_path);
+    EXPECT_EQ(got.size(), out_off + src.size() - in_off);
+    EXPECT_TRUE(got.substr(out_off) == src.substr(in_off));
+    EXPECT_EQ(io::copy_range(in.get(), src.size() + 5, out.get(), 3, 2u << 20), 0u);
+  }
+}
+
+}  // namespace
+}  // namespace nemofs
