@@ -258,7 +258,8 @@ std::optional<uint64_t> copy_shifted(int in, uint64_t in_off, int out, uint64_t 
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (in_off >= size) return 0;
   len = std::min<uint64_t>(len, size - in_off);
-  constexpr uint64_t kMap = 64ull << 20;
+  // Mapped source pages count in the copier's RSS while mapped: a small window keeps it small.
+  constexpr uint64_t kMap = 16ull << 20;
   uint64_t done = 0;
   while (done < len) {
     const uint64_t from = in_off + done;
