@@ -48,6 +48,9 @@ std::string g_mountpoint;
 // 16 MiB 0.93 s (direct 0.55 s).
 constexpr unsigned kReadaheadKiB = 4096;
 
+// The largest read request, in pages (op_init says why 252).
+constexpr unsigned kMaxReplyPages = 252;
+
 // /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
 std::string unescape_octal(const std::string& s) {
   std::string out;
@@ -133,8 +136,15 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   } else if (b->immutable() && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT)) {
     g_no_open = true;
   }
-  // 1 MiB requests: libfuse asks the kernel for max_pages from max_write.
-  conn->max_write = 1u << 20;
+  // Requests of 252 pages (1008 KiB): libfuse asks the kernel for max_pages from max_write, and
+  // the kernel cuts read-ahead into requests of max_pages. Why not 256: a spliced reply must fit
+  // in a pipe, and a pipe grows past /proc/sys/fs/pipe-max-size (1 MiB) only with
+  // CAP_SYS_RESOURCE, which a user, and root in many containers (this VM's root included), lacks.
+  // libfuse wants 3 pages + 16 bytes of pipe beside the data (fuse_send_data_iov) and copies
+  // through memory when that does not fit; our own pipe needs a page more for a span that does
+  // not start on a page (reply_spliced). 256 pages fit neither, so every 1 MiB read was copied
+  // twice (the cold-read loss of issue 22); 252 fit both.
+  conn->max_write = kMaxReplyPages * 4096u;
   conn->max_read = 0;
   conn->max_readahead = kReadaheadKiB * 1024;
   raise_mount_readahead();
