@@ -762,7 +762,7 @@ COLD_KEYS = {
     "nemo_ckpt": "1 GiB of tensors in a .nemo's .ckpt",
     "safetensors": "1 GiB safetensors tensor",
     "dcp": "1 GiB DCP tensor sharded 8 ways",
-    "nemo_gz": "first 256 MiB of the gzip .nemo's member",
+    "nemo_gz": "first 256 MiB of the gzip .nemo's member (direct: gzip -dc; inflate)",
 }
 COLD_TITLES = {"seq_cold": "sequential, {} (GB/s)", "rand_cold": "random 4 KiB, {}: median / p99 (us)"}
 
@@ -1126,7 +1126,7 @@ def main():
         "machine": machine_line(),
         "nemofs_version": run([b.nemofs, "--version"], check=False).stdout.strip().replace("nemofs ", ""),
         "commit": run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=False).stdout.strip(),
-        "command": "bench/run" + (" --quick" if args.quick else ""),
+        "command": "bench/run" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else ""),
     }
     text = Report(b, W).render(env)
     print()
