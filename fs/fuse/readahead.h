@@ -11,8 +11,8 @@
 // Prefetcher reads those windows into the page cache on its own thread, through its own
 // descriptor of the file, so no reply waits for them and the disk keeps a queue of large requests.
 // Only the page cache holds what was read ahead (reclaimable memory, at most one window per
-// stream beyond what the reader asked for); random reads never form a stream and get no
-// read-ahead.
+// stream, plus the device's own read-ahead of the prefetcher's reads, beyond what the reader asked
+// for); random reads never form a stream and get no read-ahead.
 //
 // A hint names a file by descriptor number: if that descriptor is closed (and perhaps reused)
 // before the hint runs, the worst case is read-ahead of bytes nobody asked for, never a wrong
