@@ -17,9 +17,11 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <system_error>
 
 #include "formats/core/errors.h"
 #include "formats/core/io.h"
+#include "fs/fuse/readahead.h"
 
 namespace nemofs {
 namespace {
@@ -27,6 +29,68 @@ namespace {
 // Set at init for read-only backends when the kernel can skip OPEN/RELEASE entirely (it then
 // opens every file as if with keep_cache): two fewer round trips per open of an immutable file.
 bool g_no_open = false;
+
+// Read-ahead of the source files behind sequential reads (readahead.h); running from FUSE_INIT to
+// destroy, in the serving process. NEMOFS_PREFETCH=0 in the server's environment turns it off
+// (for A/B measurements: bench/cold_ab.sh).
+Prefetcher g_prefetch;
+
+// The mount point, absolute (set by serve() before the session starts), to find the connection's
+// backing device in /proc/self/mountinfo.
+std::string g_mountpoint;
+
+// Read-ahead of the kernel's page cache for files of this mount. Linux gives a FUSE connection's
+// backing device the default 128 KiB (VM_READAHEAD_PAGES) and takes the smaller of that and
+// max_readahead from INIT, so a sequential reader waits for one 128 KiB-1 MiB request at a time;
+// with a few MiB the kernel keeps several requests in flight, the worker threads serve them in
+// parallel with the reader's copies. Measured (cold 1 GiB safetensors tensor, median of 5,
+// bench/RESULTS.md): 128 KiB 0.95 s, 1 MiB 0.65 s, 2 MiB 0.62 s, 4 MiB 0.59 s, 8 MiB 0.68 s,
+// 16 MiB 0.93 s (direct 0.55 s).
+constexpr unsigned kReadaheadKiB = 4096;
+
+// The largest read request, in pages (op_init says why 252).
+constexpr unsigned kMaxReplyPages = 252;
+
+// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape_octal(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size()) {
+      out += static_cast<char>(((s[i + 1] - '0') << 6) | ((s[i + 2] - '0') << 3) | (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+// Raises the read-ahead of this mount's backing device (sysfs, root only: anyone else keeps the
+// kernel's 128 KiB, quietly). Runs while INIT is answered: the mount is in mountinfo by then.
+void raise_mount_readahead() {
+  if (g_mountpoint.empty()) return;
+  FILE* f = std::fopen("/proc/self/mountinfo", "re");
+  if (!f) return;
+  std::string dev;
+  char* line = nullptr;
+  size_t cap = 0;
+  while (::getline(&line, &cap, f) > 0) {
+    // id parent MAJ:MIN root mountpoint options [optional...] - fstype source superoptions
+    char id[32], parent[32], majmin[64], root[4096], mp[4096];
+    if (std::sscanf(line, "%31s %31s %63s %4095s %4095s", id, parent, majmin, root, mp) != 5) continue;
+    const char* sep = std::strstr(line, " - ");
+    if (!sep || std::strncmp(sep + 3, "fuse.nemofs ", 12) != 0) continue;
+    if (unescape_octal(mp) == g_mountpoint) dev = majmin;  // the last one: the top of the stack
+  }
+  std::free(line);
+  std::fclose(f);
+  if (dev.empty() || dev.find('/') != std::string::npos) return;
+  std::string path = "/sys/class/bdi/" + dev + "/read_ahead_kb";
+  FILE* ra = std::fopen(path.c_str(), "we");
+  if (!ra) return;
+  std::fprintf(ra, "%u\n", kReadaheadKiB);
+  std::fclose(ra);
+}
 
 Backend& B(fuse_req_t req) { return *static_cast<Backend*>(fuse_req_userdata(req)); }
 
@@ -72,13 +136,30 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   } else if (b->immutable() && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT)) {
     g_no_open = true;
   }
-  // 1 MiB requests: libfuse asks the kernel for max_pages from max_write.
-  conn->max_write = 1u << 20;
+  // Requests of 252 pages (1008 KiB): libfuse asks the kernel for max_pages from max_write, and
+  // the kernel cuts read-ahead into requests of max_pages. Why not 256: a spliced reply must fit
+  // in a pipe, and a pipe grows past /proc/sys/fs/pipe-max-size (1 MiB) only with
+  // CAP_SYS_RESOURCE, which a user, and root in many containers (this VM's root included), lacks.
+  // libfuse wants 3 pages + 16 bytes of pipe beside the data (fuse_send_data_iov) and copies
+  // through memory when that does not fit; our own pipe needs a page more for a span that does
+  // not start on a page (reply_spliced). 256 pages fit neither, so every 1 MiB read was copied
+  // twice (the cold-read loss of issue 22); 252 fit both.
+  conn->max_write = kMaxReplyPages * 4096u;
   conn->max_read = 0;
-  conn->max_readahead = 1u << 20;
+  conn->max_readahead = kReadaheadKiB * 1024;
+  raise_mount_readahead();
+  const char* pf = std::getenv("NEMOFS_PREFETCH");
+  if (!pf || std::strcmp(pf, "0") != 0) {
+    try {
+      g_prefetch.start();
+    } catch (const std::system_error&) {
+      // No thread: the kernel's own read-ahead only.
+    }
+  }
 }
 
 void op_destroy(void* userdata) {
+  g_prefetch.stop();  // before the backend closes the descriptors hints name
   try {
     static_cast<Backend*>(userdata)->destroy();
   } catch (const std::exception& e) {
@@ -377,6 +458,10 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
       fuse_reply_buf(req, r.memory.get() + r.segments[0].mem_off, r.segments[0].len);
       return;
     }
+    // Before taking the bytes: the read-ahead hint then runs while this reply waits for its own.
+    if (g_prefetch.running())
+      for (const auto& s : r.segments)
+        if (s.fd >= 0) g_prefetch.note(s.fd, s.pos, s.len);
     size_t total = r.total();
     // Under two pages libfuse copies instead of splicing anyway (fuse_send_data_iov): one pread
     // here costs fewer system calls than a splice into the pipe and a read back out of it.
@@ -557,6 +642,11 @@ bool wait_until_answering(const std::string& mountpoint, pid_t child, std::strin
 }  // namespace
 
 int serve(Backend& backend, const ServerOptions& opts) {
+  {
+    char* abs = ::realpath(opts.mountpoint.c_str(), nullptr);
+    g_mountpoint = abs ? abs : opts.mountpoint;
+    std::free(abs);
+  }
   std::vector<std::string> argv_s{"nemofs"};
   std::string o = "fsname=" + opts.fsname + ",subtype=nemofs";
   if (opts.read_only) o += ",ro";
