@@ -218,6 +218,25 @@ Checkpoint open_checkpoint(const std::string& path) {
   return cp;
 }
 
+Checkpoint open_checkpoint_source(const SourcePtr& src) {
+  Checkpoint cp;
+  cp.format = sniff(*src);
+  if (cp.format == Format::Unknown)
+    throw FormatError("detect", std::optional<uint64_t>(0), "not a checkpoint nemofs knows (not a tar/.nemo, safetensors, torch zip, legacy torch file or gzip .nemo)");
+  cp.keepalive = std::const_pointer_cast<ByteSource>(src);
+  build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive);
+  return cp;
+}
+
+Checkpoint open_checkpoint_files(const FileSet& files) {
+  Checkpoint cp;
+  cp.format = sniff_dir(files);
+  if (cp.format == Format::Unknown)
+    throw FormatError("detect", "not a checkpoint folder (no .metadata, model.safetensors.index.json or *.safetensors)");
+  build_dir(cp.format, cp.tree, Tree::kRoot, files, &cp.warnings);
+  return cp;
+}
+
 std::optional<Tree> nested_file_view(const SourcePtr& src) {
   Format f = sniff(*src);
   if (f != Format::Safetensors && f != Format::TorchZip && f != Format::TorchLegacy) return std::nullopt;
