@@ -55,6 +55,10 @@ nlohmann::json stats(const std::string& url);
 using ChangeReporter = void (*)(const std::string& what, const std::string& message);
 void set_change_reporter(ChangeReporter r);
 
+// Starts read-ahead of sequential streams (background fetch workers). Call it in the process that
+// serves, after any fork: without it every read fetches only the blocks it touches.
+void enable_prefetch();
+
 // Parses a size with an optional K/M/G/T suffix (powers of 1024). Throws std::invalid_argument.
 uint64_t parse_size(const std::string& s);
 

@@ -23,6 +23,9 @@ namespace nemofs::remote {
 namespace {
 
 ChangeReporter g_reporter = nullptr;
+// Off until the serving process turns it on (enable_prefetch): a worker that ran while the mount
+// indexed would be lost by the daemon's fork with its blocks still marked in flight.
+std::atomic<bool> g_prefetch{false};
 
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -165,6 +168,7 @@ Prefetcher& prefetcher() {
 }  // namespace
 
 void set_change_reporter(ChangeReporter r) { g_reporter = r; }
+void enable_prefetch() { g_prefetch.store(true); }
 
 Counters& counters() {
   static Counters* c = new Counters;
@@ -374,8 +378,10 @@ void RemoteSource::fetch(uint64_t b0, uint64_t b1) const {
   try {
     rq = data_request(first, last);
   } catch (const SysError& e) {
+    counters().error(e.what());
     finish(b0, b1, b0, e.what());
-    throw;
+    if (e.err() == EIO) throw;
+    throw SysError(EIO, e.what());
   }
   rq.begin = [&] {
     cleanup();
@@ -409,7 +415,10 @@ void RemoteSource::fetch(uint64_t b0, uint64_t b1) const {
     cleanup();
     counters().error(e.what());
     finish(b0, b1, b0, e.what());
-    throw;
+    // A read that fails is EIO whatever the transport said (ECONNREFUSED, ETIMEDOUT ...).
+    const auto* se = dynamic_cast<const SysError*>(&e);
+    if (se && se->err() == EIO) throw;
+    throw SysError(EIO, e.what());
   }
   counters().cache_misses.fetch_add(b1 - b0);
   g_written_since_scan.fetch_add(total);
@@ -478,6 +487,7 @@ void RemoteSource::note_read(uint64_t off, uint64_t len) const {
       *lru = Stream{end, 0, clock_};
       return;
     }
+    if (!g_prefetch.load(std::memory_order_relaxed)) return;
     const uint64_t from = (end - 1) / kBlock + 1, to = std::min(nblocks_, from + s->window);
     uint64_t b = from;
     while (b < to) {

@@ -324,6 +324,7 @@ int cmd_mount(const std::vector<std::string>& args) {
     // process (a thread started before the daemon forks would not survive the fork).
     std::string url = req.source;
     so.on_serving = [mp, url] {
+      remote::enable_prefetch();
       std::thread([mp, url] {
         nlohmann::json last;
         for (;;) {
