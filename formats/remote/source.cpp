@@ -291,6 +291,8 @@ HttpRequest RemoteSource::data_request(uint64_t first, uint64_t last) const {
       if (data_url_.empty()) resolve();
     });
     rq.url = data_url_;
+    // A file the Hub serves itself (no redirect) is asked with the token; a CDN never sees it.
+    if (data_url_ == ref_.url) rq.headers = ref_.headers;
     std::lock_guard lk(mu_);
     if (!data_etag_.empty()) rq.headers.push_back("If-Match: " + data_etag_);
   } else {
@@ -510,14 +512,22 @@ void RemoteSource::verify() const {
   int64_t now = now_ms(), last = last_verify_ms_.load();
   if (now - last < 1000 || !last_verify_ms_.compare_exchange_strong(last, now)) return;
   // One identity request: the same conditional range request a read sends, for one byte.
-  HttpRequest rq = data_request(0, 0);
-  std::string body;
-  rq.write = [&](const char* p, size_t n) {
-    body.append(p, std::min<size_t>(n, 1));
-    return body.size() <= 1;
-  };
-  HttpResponse r = HttpClient::shared().perform(rq, read_policy());
-  check_response(r, 0, 0);
+  // Only a definite answer fails cached reads: a server that cannot be reached right now leaves
+  // them served (the bytes are the pinned object's), and the recheck is not retried.
+  try {
+    HttpRequest rq = data_request(0, 0);
+    std::string body;
+    rq.write = [&](const char* p, size_t n) {
+      body.append(p, std::min<size_t>(n, 1));
+      return body.size() <= 1;
+    };
+    RetryPolicy once = read_policy();
+    once.retries = 0;
+    HttpResponse r = HttpClient::shared().perform(rq, once);
+    check_response(r, 0, 0);
+  } catch (const SysError&) {
+    if (changed_.load()) throw;
+  }
 }
 
 size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
