@@ -23,6 +23,8 @@ namespace nemofs::remote {
 namespace {
 
 ChangeReporter g_reporter = nullptr;
+// Read-ahead parts: blocks per request (each part lands whole, so a reader waits for at most one).
+constexpr uint64_t kPartBlocks = 2;
 // Off until the serving process turns it on (enable_prefetch): a worker that ran while the mount
 // indexed would be lost by the daemon's fork with its blocks still marked in flight.
 std::atomic<bool> g_prefetch{false};
@@ -479,7 +481,7 @@ void RemoteSource::note_read(uint64_t off, uint64_t len) const {
     if (s) {
       bool crossed = (end - 1) / kBlock != (s->end ? (s->end - 1) / kBlock : 0);
       s->end = std::max(s->end, end);
-      if (s->window == 0) s->window = 1;
+      if (s->window == 0) s->window = 2;
       else if (crossed) s->window = std::min<uint64_t>(s->window * 2, 64);
       s->used = clock_;
     } else {
@@ -498,7 +500,7 @@ void RemoteSource::note_read(uint64_t off, uint64_t len) const {
         continue;
       }
       uint64_t e = b;
-      while (e < to && e - b < 4 && (state_[e] == kAbsent || state_[e] == kFailed)) state_[e++] = kInFlight;
+      while (e < to && e - b < kPartBlocks && (state_[e] == kAbsent || state_[e] == kFailed)) state_[e++] = kInFlight;
       runs.emplace_back(b, e);
       b = e;
     }
@@ -545,20 +547,34 @@ size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
     size_t n = static_cast<size_t>(std::min<uint64_t>(end - pos, kBlock - in));
     for (int attempt = 0;; ++attempt) {
       if (!ensure(b)) all_hits = false;
-      int fd = ::open(block_path(b).c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0 && errno == ENOENT && attempt == 0) {
-        // Evicted (by this mount or another) since it was fetched: fetch it again.
+      std::shared_ptr<UniqueFd> f;
+      {
         std::lock_guard lk(mu_);
-        if (state_[b] == kPresent) state_[b] = kAbsent;
-        continue;
+        if (open_block_ == b) f = open_fd_;
       }
-      if (fd < 0) throw SysError(EIO, ref_.display + ": cache block: " + std::strerror(errno));
-      UniqueFd f(fd);
-      size_t got = io::pread_full(f.get(), out + (pos - off), n, in, "cache block");
+      if (!f) {
+        int fd = ::open(block_path(b).c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT && attempt == 0) {
+          // Evicted (by this mount or another) since it was fetched: fetch it again.
+          std::lock_guard lk(mu_);
+          if (state_[b] == kPresent) state_[b] = kAbsent;
+          continue;
+        }
+        if (fd < 0) throw SysError(EIO, ref_.display + ": cache block: " + std::strerror(errno));
+        f = std::make_shared<UniqueFd>(fd);
+        std::lock_guard lk(mu_);
+        open_block_ = b;
+        open_fd_ = f;
+      }
+      size_t got = io::pread_full(f->get(), out + (pos - off), n, in, "cache block");
       if (got != n) {
         ::unlink(block_path(b).c_str());
         std::lock_guard lk(mu_);
         state_[b] = kAbsent;
+        if (open_block_ == b) {
+          open_block_ = UINT64_MAX;
+          open_fd_.reset();
+        }
         if (attempt == 0) continue;
         throw SysError(EIO, ref_.display + ": cache block shorter than expected");
       }

@@ -111,6 +111,10 @@ class RemoteSource final : public ByteSource, public std::enable_shared_from_thi
     uint64_t used = 0;    // last use, for replacement
   };
   mutable Stream streams_[4];
+  // The block file read last, kept open for the reads that follow in it (shared: a reader keeps
+  // its copy while another one replaces it).
+  mutable uint64_t open_block_ = UINT64_MAX;
+  mutable std::shared_ptr<UniqueFd> open_fd_;
   mutable uint64_t clock_ = 0;
 };
 
