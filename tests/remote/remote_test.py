@@ -417,6 +417,12 @@ class Faults(unittest.TestCase):
         self.assertIn("not found", self.refused("hf://org/tiny-llama/missing.safetensors",
                                                 hfenv(HF_TOKEN=SECRET_TOKEN)))
         self.assertIn("read-only", self.refused(NGINX.url("nemo/asr_ctc.nemo"), code=1, opts="rw"))
+        # TLS: a certificate no one vouches for.
+        tmp = tempfile.mkdtemp(dir=T, prefix="ngx-tls-")
+        os.makedirs(os.path.join(tmp, "www"))
+        tls = servers.Nginx(tmp, os.path.join(tmp, "www"), tls=True).start()
+        self.addCleanup(tls.stop)
+        self.assertIn("TLS error", self.refused(tls.url("x.nemo")))
         # Not a checkpoint: exit 3 as for a local file.
         self.assertIn("not a checkpoint", self.refused(NGINX.url("nemo/replacement_tokenizer.model"), code=3))
 

@@ -66,15 +66,16 @@ class Nginx:
 
     COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
-    def __init__(self, tmp, www, hub=None, port=None, slow_rate="200k"):
+    def __init__(self, tmp, www, hub=None, port=None, slow_rate="200k", tls=False):
         self.tmp, self.www, self.hub = tmp, www, hub or {}
+        self.tls = tls
         self.port = port or free_port()
         self.slow_rate = slow_rate
         self.proc = None
         self.log = os.path.join(tmp, "nginx-access.log")
 
     def url(self, path, loc="files"):
-        return "http://127.0.0.1:%d/%s/%s" % (self.port, loc, path)
+        return "%s://127.0.0.1:%d/%s/%s" % ("https" if self.tls else "http", self.port, loc, path)
 
     def endpoint(self):
         return "http://127.0.0.1:%d" % self.port
@@ -105,6 +106,16 @@ class Nginx:
                        "  alias %s;\n}\n" % (repo, tree_file))
         return "".join(out)
 
+    def _tls(self):
+        """A self-signed certificate no client trusts: the TLS failure case."""
+        if not self.tls:
+            return ""
+        key, crt = os.path.join(self.tmp, "tls.key"), os.path.join(self.tmp, "tls.crt")
+        if not os.path.exists(crt):
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+                            "-days", "1", "-subj", "/CN=nemofs-test"], check=True, capture_output=True)
+        return "    ssl_certificate %s;\n    ssl_certificate_key %s;\n" % (crt, key)
+
     def start(self):
         conf = os.path.join(self.tmp, "nginx.conf")
         for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -130,7 +141,8 @@ http {{
   absolute_redirect off;
   keepalive_requests 100000;
   server {{
-    listen 127.0.0.1:{self.port};
+    listen 127.0.0.1:{self.port}{" ssl" if self.tls else ""};
+{self._tls()}
     location /files/ {{ alias {self.www}/; }}
     location /slow/ {{ alias {self.www}/; limit_rate {self.slow_rate}; }}
     location /cdn/ {{ alias {self.www}/; }}
