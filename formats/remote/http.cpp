@@ -52,13 +52,19 @@ size_t on_header(char* data, size_t size, size_t n, void* user) {
 size_t on_body(char* data, size_t size, size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
   size_t len = size * n;
-  // A success's body goes to the sink; an error document (status already set) into body.
+  // A success's body goes to the sink; an error document into body.
   g_bytes.fetch_add(len, std::memory_order_relaxed);
-  if (t->req->write && t->resp->status == 0) {
+  const bool success = t->resp->status / 100 == 2;
+  if (t->req->write && success) {
     if (!t->req->write(data, len)) {
       t->aborted = true;
       return 0;
     }
+    return len;
+  }
+  if (!success) {
+    // An error document: its start is enough to say why (S3's <Code>); the rest is dropped.
+    t->resp->body.append(data, std::min(len, (64u << 10) - std::min<size_t>(t->resp->body.size(), 64u << 10)));
     return len;
   }
   if (t->resp->body.size() + len > t->req->max_body) {
@@ -287,7 +293,7 @@ HttpResponse HttpClient::perform(const HttpRequest& req, const RetryPolicy& poli
         auto* c = static_cast<Ctx*>(user);
         long code = 0;
         curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &code);
-        if (code / 100 != 2) c->t->resp->status = code;  // not a success: keep the body
+        c->t->resp->status = code;  // the response this body belongs to (after any redirect)
         return on_body(data, size, n, c->t);
       });
       curl_easy_setopt(h, CURLOPT_WRITEDATA, &ctx);

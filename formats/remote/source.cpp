@@ -215,9 +215,29 @@ std::shared_ptr<RemoteSource> RemoteSource::open(ObjectRef ref) {
     rq.aws_sigv4 = s->ref_.aws_sigv4;
     rq.aws_userpwd = s->ref_.aws_userpwd;
     HttpResponse r = HttpClient::shared().perform(rq, p);
-    if (r.status != 200) throw SysError(status_errno(r.status), s->ref_.display + ": " + status_text(r.status));
-    std::string len = r.header("content-length");
-    if (len.empty()) throw SysError(EIO, s->ref_.display + ": the server does not say the object's size");
+    std::string len;
+    if (r.status == 403 || r.status == 405 || r.status == 501) {
+      // No HEAD: a presigned URL signs its method (GET), some servers refuse HEAD. The first
+      // byte by GET says the same (Content-Range's total, ETag).
+      rq.head = false;
+      rq.range = std::make_pair(uint64_t{0}, uint64_t{0});
+      rq.max_body = 1;
+      r = HttpClient::shared().perform(rq, p);
+      if (r.status == 206) {
+        std::string cr = r.header("content-range");
+        auto slash = cr.rfind('/');
+        if (slash != std::string::npos && slash + 1 < cr.size() && cr[slash + 1] != '*') len = cr.substr(slash + 1);
+        else throw SysError(EIO, s->ref_.display + ": the server does not say the object's size");
+      } else if (r.status == 200 || r.status == 416) {
+        throw SysError(EIO, s->ref_.display + ": the server does not answer range requests");
+      }
+    } else if (r.status == 200) {
+      len = r.header("content-length");
+    }
+    if (r.status != 200 && r.status != 206)
+      throw SysError(status_errno(r.status), s->ref_.display + ": " + status_text(r.status));
+    if (len.empty() || len.find_first_not_of("0123456789") != std::string::npos)
+      throw SysError(EIO, s->ref_.display + ": the server does not say the object's size");
     s->size_ = std::stoull(len);
     s->identity_ = r.header("etag");
     if (s->identity_.empty() && !r.header("last-modified").empty()) s->identity_ = "lm:" + r.header("last-modified");

@@ -146,6 +146,7 @@ http {{
     location /files/ {{ alias {self.www}/; }}
     location /slow/ {{ alias {self.www}/; limit_rate {self.slow_rate}; }}
     location /cdn/ {{ alias {self.www}/; }}
+    location /gethonly/ {{ alias {self.www}/; if ($request_method = HEAD) {{ return 403; }} }}
 {self._hub_locations()}
   }}
 }}
