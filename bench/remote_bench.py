@@ -9,7 +9,7 @@ filler) is served by nginx on 127.0.0.1 (tests/remote/servers.py), then:
      median of one `curl -r` range request (a process each, as a user would run it)
   4. second mount with a warm cache: time until model_config.yaml stats, data requests sent
   5. the daemon's peak RSS (VmHWM) after reading the 1 GiB tensor
-usage: remote_bench.py NEMOFS REPO_ROOT WORKDIR SIZE_GIB"""
+usage: [MOUNT_OPTS=,connections=16] remote_bench.py NEMOFS REPO_ROOT WORKDIR SIZE_GIB"""
 
 import json
 import os
@@ -65,7 +65,7 @@ def env(cache):
     return e
 
 
-def mount(url, mp, cache, opts="ro"):
+def mount(url, mp, cache, opts="ro" + os.environ.get("MOUNT_OPTS", "")):
     t0 = time.monotonic()
     subprocess.run([NEMOFS, "mount", "-o", opts, url, mp], env=env(cache), check=True)
     os.stat(os.path.join(mp, "model_config.yaml"))
