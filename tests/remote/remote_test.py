@@ -212,6 +212,22 @@ class Fixtures(unittest.TestCase):
         # A presigned URL signs GET only: HEAD is refused, the size comes from a 1-byte GET.
         self.compare(os.path.join(DATA, "nemo", "asr_ctc.nemo"), NGINX.url("nemo/asr_ctc.nemo", loc="gethonly"), env())
 
+    def test_mount8_helper_takes_a_url(self):
+        # mount(8) runs the helper with its default `rw`: a URL still mounts, read-only.
+        helper = os.path.join(os.path.dirname(os.path.dirname(NEMOFS)), "mount_helper", "mount.nemofs")
+        if not os.path.exists(helper):
+            self.skipTest("no mount helper beside " + NEMOFS)
+        mp = tempfile.mkdtemp(dir=T, prefix="mp-")
+        r = subprocess.run([helper, NGINX.url("safetensors/zoo.safetensors"), mp, "-o", "rw"],
+                           env=env(NEMOFS_BIN=NEMOFS), capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        try:
+            self.assertTrue(os.statvfs(mp).f_flag & os.ST_RDONLY)
+            with Mount(os.path.join(DATA, "safetensors", "zoo.safetensors")) as local:
+                self.assertEqual(tree_of(mp), tree_of(local.mp))
+        finally:
+            subprocess.run([NEMOFS, "umount", mp], capture_output=True, timeout=60)
+
     def test_s3_object_and_prefix_without_slash(self):
         self.compare(os.path.join(DATA, "safetensors", "zoo.safetensors"), "s3://ckpt/safetensors/zoo.safetensors", s3env())
         self.compare(os.path.join(DATA, "dcp", "single"), "s3://ckpt/dcp/single", s3env())
