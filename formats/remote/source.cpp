@@ -260,40 +260,58 @@ void RemoteSource::init_cache() const {
   io::mkdir(dir_, 0700);
 }
 
+namespace {
+// "scheme://host[:port]" of a URL.
+std::string origin_of(const std::string& url) {
+  auto scheme = url.find("://");
+  if (scheme == std::string::npos) return {};
+  return url.substr(0, url.find('/', scheme + 3));
+}
+}  // namespace
+
 void RemoteSource::resolve() const {
   // The Hub answers a resolve URL with a redirect to its CDN; the redirect carries the identity
   // of the file (X-Linked-Etag: the LFS sha256, or the git blob id) and of the revision
   // (X-Repo-Commit). The CDN's own ETag says nothing stable and is only checked for consistency.
+  // A redirect on the Hub itself without X-Linked-Etag (a renamed repository, the resolve cache
+  // of small files) is followed, as huggingface_hub does, up to five times.
   RetryPolicy p = read_policy();
   p.retry_refused = false;
   HttpRequest rq;
-  rq.url = ref_.url;
   rq.what = ref_.display;
   rq.head = true;
   rq.follow_redirects = false;
   rq.headers = ref_.headers;
-  HttpResponse r = HttpClient::shared().perform(rq, p);
-  std::string id = r.header("x-linked-etag");
-  if (id.empty()) id = r.header("etag");
-  std::string size = r.header("x-linked-size");
-  if (size.empty()) size = r.header("content-length");
-  if (r.status == 301 || r.status == 302 || r.status == 303 || r.status == 307 || r.status == 308) {
-    std::string loc = r.header("location");
-    if (loc.empty()) throw SysError(EIO, ref_.display + ": redirect without a location");
-    if (loc.rfind("http://", 0) != 0 && loc.rfind("https://", 0) != 0) {
-      // A location on the same server.
-      auto scheme = ref_.url.find("://");
-      auto host_end = ref_.url.find('/', scheme + 3);
-      loc = ref_.url.substr(0, host_end) + (loc.front() == '/' ? "" : "/") + loc;
+  std::string url = ref_.url, id, size;
+  for (int hop = 0;; ++hop) {
+    rq.url = url;
+    HttpResponse r = HttpClient::shared().perform(rq, p);
+    if (id.empty()) id = r.header("x-linked-etag");
+    if (size.empty()) size = r.header("x-linked-size");
+    if (r.status == 301 || r.status == 302 || r.status == 303 || r.status == 307 || r.status == 308) {
+      std::string loc = r.header("location");
+      if (loc.empty()) throw SysError(EIO, ref_.display + ": redirect without a location");
+      const bool relative = loc.rfind("http://", 0) != 0 && loc.rfind("https://", 0) != 0;
+      if (relative) loc = origin_of(url) + (loc.front() == '/' ? "" : "/") + loc;
+      if (id.empty() && origin_of(loc) == origin_of(ref_.url) && hop < 5) {
+        url = loc;
+        continue;
+      }
+      data_url_ = loc;
+      break;
     }
-    data_url_ = loc;
-  } else if (r.status == 200) {
-    data_url_ = ref_.url;  // a small file the Hub serves itself
-  } else {
+    if (r.status == 200) {
+      data_url_ = url;  // a file the Hub serves itself
+      if (id.empty()) id = r.header("etag");
+      if (size.empty()) size = r.header("content-length");
+      break;
+    }
     throw SysError(status_errno(r.status), ref_.display + ": " + status_text(r.status));
   }
   if (id.empty()) throw SysError(EIO, ref_.display + ": the Hub did not name the file's version (no X-Linked-Etag or ETag)");
   if (size.empty()) throw SysError(EIO, ref_.display + ": the Hub did not say the file's size");
+  if (size.find_first_not_of("0123456789") != std::string::npos)
+    throw SysError(EIO, ref_.display + ": the Hub sent a size that is not a number");
   uint64_t n = std::stoull(size);
   auto* self = const_cast<RemoteSource*>(this);
   if (!identity_.empty() && bare_etag(identity_) != bare_etag(id)) changed("the Hub now serves another version");
@@ -313,8 +331,9 @@ HttpRequest RemoteSource::data_request(uint64_t first, uint64_t last) const {
       if (data_url_.empty()) resolve();
     });
     rq.url = data_url_;
-    // A file the Hub serves itself (no redirect) is asked with the token; a CDN never sees it.
-    if (data_url_ == ref_.url) rq.headers = ref_.headers;
+    // A file the Hub serves itself (no redirect off the Hub) is asked with the token; a CDN never
+    // sees it.
+    if (origin_of(data_url_) == origin_of(ref_.url)) rq.headers = ref_.headers;
     std::lock_guard lk(mu_);
     if (!data_etag_.empty()) rq.headers.push_back("If-Match: " + data_etag_);
   } else {

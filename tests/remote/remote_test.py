@@ -253,6 +253,9 @@ class Fixtures(unittest.TestCase):
         self.compare(hf, "hf://org/tiny-llama@main", hfenv())
         self.compare(os.path.join(hf, "model-00002-of-00003.safetensors"),
                      "hf://org/tiny-llama/model-00002-of-00003.safetensors", hfenv())
+        # A renamed repository answers with a redirect on the Hub itself (no X-Linked-Etag): followed.
+        self.compare(os.path.join(hf, "model-00003-of-00003.safetensors"),
+                     "hf://org/tiny-llama-renamed/model-00003-of-00003.safetensors", hfenv())
         # The redirect's identity is what is pinned: the CDN location is asked for bytes only.
         reqs = NGINX.requests()
         self.assertTrue(any(l.startswith("HEAD /org/tiny-llama/resolve/main/") and l.endswith(" 302") for l in reqs))

@@ -102,6 +102,9 @@ class Nginx:
             tree_file = os.path.join(self.tmp, "tree-%s.json" % repo.replace("/", "_"))
             with open(tree_file, "w") as f:
                 json.dump(tree, f)
+            # A renamed repository: the Hub redirects on itself, without X-Linked-Etag.
+            out.append("location /%s-renamed/resolve/ {\n  rewrite ^/%s-renamed/(.*)$ /%s/$1 redirect;\n}\n"
+                       % (repo, repo, repo))
             out.append("location = /api/models/%s/tree/main {\n  default_type application/json;\n"
                        "  alias %s;\n}\n" % (repo, tree_file))
         return "".join(out)
