@@ -156,7 +156,8 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
       // Members are SubSources of the uncompressed stream, so their `.tensors/` views compose as for
       // a plain .nemo; the NemoArchive keeps the GzipSource (and through it the file) alive.
       const auto* file = dynamic_cast<const FileSource*>(src.get());
-      auto gz = open_gzip(src, file ? file->path() : std::string());
+      // A remote object has no path, but a cache identity: its index is cached by that.
+      auto gz = open_gzip(src, file ? file->path() : src->cache_identity() ? src->describe() : std::string());
       auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, gz));
       // Bytes after the last gzip member (index.h): `gzip -d` and `tar xzf` read on with a warning;
       // so does a mount, but only when the tar inside ended with its end-of-archive blocks. Without

@@ -256,7 +256,8 @@ void RemoteSource::init_cache() const {
   for (size_t i = 1; (i = root.find('/', i)) != std::string::npos; ++i) io::mkdir(root.substr(0, i), 0700);
   io::mkdir(root, 0700);
   io::mkdir(root + "/blocks", 0700);
-  self->dir_ = root + "/blocks/" + hex64(fnv1a(kFnvOffset, key.data(), key.size()));
+  self->key_hash_ = fnv1a(kFnvOffset, key.data(), key.size());
+  self->dir_ = root + "/blocks/" + hex64(key_hash_);
   io::mkdir(dir_, 0700);
 }
 

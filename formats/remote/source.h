@@ -70,6 +70,7 @@ class RemoteSource final : public ByteSource, public std::enable_shared_from_thi
   // If-Match) so cached blocks of a replaced object stop being served too.
   void verify() const override;
   const std::string& identity() const { return identity_; }
+  std::optional<uint64_t> cache_identity() const override { return key_hash_; }
 
   // Prefetch worker entry: fetches blocks [b0, b1) that are still missing.
   void prefetch(uint64_t b0, uint64_t b1) const;
@@ -95,6 +96,7 @@ class RemoteSource final : public ByteSource, public std::enable_shared_from_thi
   std::string identity_;
   uint64_t nblocks_ = 0;
   std::string dir_;  // CACHE/blocks/<key>
+  uint64_t key_hash_ = 0;
 
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;

@@ -287,6 +287,25 @@ class Requests(unittest.TestCase):
         self.assertTrue(any(l.startswith("HEAD ") for l in warm))
         self.assertEqual(tree, tree_of_local(f))
 
+    def test_gzip_index_cached_by_identity(self):
+        # A gzip .nemo's seek index (a whole inflate pass to build) is cached under the remote
+        # object's name+identity, as a local file's is under its stat: a second open reuses it.
+        cache = os.path.join(T, "cache-gz")
+        e = env(XDG_CACHE_HOME=cache)
+        url = NGINX.url("nemo/asr_ctc_legacy_gz.nemo")
+        first = run(["inspect", "--json", url], e)
+        self.assertEqual(first.returncode, 0, first.stderr)
+        idx = [f for f in os.listdir(os.path.join(cache, "nemofs")) if f.startswith("gzip-") and f.endswith(".idx")]
+        self.assertEqual(len(idx), 1, os.listdir(os.path.join(cache, "nemofs")))
+        path = os.path.join(cache, "nemofs", idx[0])
+        before = os.stat(path).st_mtime_ns
+        second = run(["inspect", "--json", url], e)
+        self.assertEqual(second.returncode, 0, second.stderr)
+        self.assertEqual(json.loads(first.stdout), json.loads(second.stdout))
+        self.assertEqual(os.stat(path).st_mtime_ns, before)  # loaded, not rebuilt
+        local = json.loads(run(["inspect", "--json", os.path.join(DATA, "nemo", "asr_ctc_legacy_gz.nemo")]).stdout)
+        self.assertEqual(local["entries"], json.loads(second.stdout)["entries"])
+
     def test_status_shows_url_and_counters(self):
         with Mount(NGINX.url("big.safetensors"), opts="ro") as m:
             with open(m.path("t3"), "rb") as fh:
