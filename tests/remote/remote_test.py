@@ -212,6 +212,18 @@ class Fixtures(unittest.TestCase):
         # A presigned URL signs GET only: HEAD is refused, the size comes from a 1-byte GET.
         self.compare(os.path.join(DATA, "nemo", "asr_ctc.nemo"), NGINX.url("nemo/asr_ctc.nemo", loc="gethonly"), env())
 
+    def test_export_from_url(self):
+        # nemofs export reads a URL as mount does: the same bytes as from the local file.
+        for local, url, e in [(os.path.join(DATA, "torch", "zoo.pt"), NGINX.url("torch/zoo.pt"), env()),
+                              (os.path.join(DATA, "hf", "tiny-llama"), "hf://org/tiny-llama", hfenv())]:
+            a, b = os.path.join(T, "export-local.safetensors"), os.path.join(T, "export-url.safetensors")
+            r1 = run(["export", local, a])
+            r2 = run(["export", url, b], e)
+            self.assertEqual((r1.returncode, r2.returncode), (0, 0), r1.stderr + r2.stderr)
+            self.assertEqual(servers.sha256_file(a), servers.sha256_file(b), url)
+            os.unlink(a)
+            os.unlink(b)
+
     def test_mount8_helper_takes_a_url(self):
         # mount(8) runs the helper with its default `rw`: a URL still mounts, read-only.
         helper = os.path.join(os.path.dirname(os.path.dirname(NEMOFS)), "mount_helper", "mount.nemofs")
