@@ -193,8 +193,12 @@ int main(int argc, char** argv) {
 
   std::string setuid_user;
   std::vector<std::string> kept;
+  // mount(8) passes `rw` unless told `ro`; a URL mounts read-only and `nemofs mount -o rw URL`
+  // refuses, so the helper leaves mount(8)'s default out for one.
+  const bool url = source.find("://") != std::string::npos;
   for (const auto& o : options) {
     if (o.rfind("setuid=", 0) == 0) setuid_user = o.substr(7);
+    else if (url && o == "rw") continue;
     else if (!is_mount8_only(o)) kept.push_back(o);
   }
   std::string joined;

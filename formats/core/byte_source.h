@@ -70,6 +70,10 @@ class ByteSource {
   // call it (or FileRange::guard) after taking bytes of file_range()s. Every source that reads
   // another one forwards to it; a source of bytes in memory has nothing to check.
   virtual void verify() const {}
+  // A stable name of exactly these bytes for caches keyed by a file's identity (the gzip index
+  // cache), for a source with no file to stat: a remote object gives a hash of its name and
+  // pinned identity. nullopt: none (a file source is keyed by its stat).
+  virtual std::optional<uint64_t> cache_identity() const { return std::nullopt; }
 };
 
 using SourcePtr = std::shared_ptr<const ByteSource>;

@@ -156,7 +156,8 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
       // Members are SubSources of the uncompressed stream, so their `.tensors/` views compose as for
       // a plain .nemo; the NemoArchive keeps the GzipSource (and through it the file) alive.
       const auto* file = dynamic_cast<const FileSource*>(src.get());
-      auto gz = open_gzip(src, file ? file->path() : std::string());
+      // A remote object has no path, but a cache identity: its index is cached by that.
+      auto gz = open_gzip(src, file ? file->path() : src->cache_identity() ? src->describe() : std::string());
       auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, gz));
       // Bytes after the last gzip member (index.h): `gzip -d` and `tar xzf` read on with a warning;
       // so does a mount, but only when the tar inside ended with its end-of-archive blocks. Without
@@ -215,6 +216,25 @@ Checkpoint open_checkpoint(const std::string& path) {
   cp.keepalive = src;
   build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive);
   cp.writable_candidate = cp.format == Format::Tar || cp.format == Format::GzipTar;
+  return cp;
+}
+
+Checkpoint open_checkpoint_source(const SourcePtr& src) {
+  Checkpoint cp;
+  cp.format = sniff(*src);
+  if (cp.format == Format::Unknown)
+    throw FormatError("detect", std::optional<uint64_t>(0), "not a checkpoint nemofs knows (not a tar/.nemo, safetensors, torch zip, legacy torch file or gzip .nemo)");
+  cp.keepalive = std::const_pointer_cast<ByteSource>(src);
+  build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive);
+  return cp;
+}
+
+Checkpoint open_checkpoint_files(const FileSet& files) {
+  Checkpoint cp;
+  cp.format = sniff_dir(files);
+  if (cp.format == Format::Unknown)
+    throw FormatError("detect", "not a checkpoint folder (no .metadata, model.safetensors.index.json or *.safetensors)");
+  build_dir(cp.format, cp.tree, Tree::kRoot, files, &cp.warnings);
   return cp;
 }
 

@@ -72,6 +72,11 @@ struct Checkpoint {
 // Opens a file or directory and builds its validated tree. Throws FormatError / SysError.
 Checkpoint open_checkpoint(const std::string& path);
 
+// The same for a file's bytes from elsewhere (a remote object) and for a set of files that is not a
+// folder on disk (a remote prefix or repository: a DCP or Hugging Face folder). Never writable.
+Checkpoint open_checkpoint_source(const SourcePtr& src);
+Checkpoint open_checkpoint_files(const FileSet& files);
+
 // The checkpoint view of a nested file (a member of a .nemo), or nullopt when it is not a
 // checkpoint nemofs knows. A member that looks like a checkpoint but is corrupt throws.
 std::optional<Tree> nested_file_view(const SourcePtr& src);

@@ -341,9 +341,14 @@ std::optional<GzipIndex> load_gzip_index_file(std::shared_ptr<const GzipIndexFil
 GzipFileKey gzip_file_key(const ByteSource& src, const std::string& path) {
   struct stat st {};
   const auto* fs = dynamic_cast<const FileSource*>(&src);
-  if (fs ? ::fstat(fs->fd(), &st) != 0 : ::stat(path.c_str(), &st) != 0) throw_sys(errno, path + ": cannot stat");
   GzipFileKey k;
-  k.file = FileIdentity::of_stat(st);
+  if (auto id = fs ? std::nullopt : src.cache_identity()) {
+    // No file to stat (a remote object): its name+identity hash stands for device and inode.
+    k.file.ino = *id;
+  } else {
+    if (fs ? ::fstat(fs->fd(), &st) != 0 : ::stat(path.c_str(), &st) != 0) throw_sys(errno, path + ": cannot stat");
+    k.file = FileIdentity::of_stat(st);
+  }
   k.file.size = src.size();  // the bytes the source was opened with: those the index describes
   size_t n = static_cast<size_t>(std::min<uint64_t>(kKeySpan, k.file.size));
   std::string buf(n, '\0');

@@ -31,6 +31,7 @@
 #include "formats/core/io.h"
 #include "formats/detect/checkpoint.h"
 #include "formats/safetensors/safetensors_writer.h"
+#include "formats/remote/remote.h"
 #include "fs/cli/cli.h"
 
 namespace nemofs {
@@ -176,9 +177,12 @@ void stream(const ByteSource& img, int out, bool regular, Progress& progress) {
   if (regular) io::ftruncate(out, total, "truncate");
 }
 
-int open_source(const std::string& source, Checkpoint& cp) {
+int open_source(const std::string& url_or_path, Checkpoint& cp) {
+  const bool url = remote::is_remote_url(url_or_path);
+  // A URL is shown without its query string or credentials.
+  const std::string source = url ? remote::display_url(url_or_path) : url_or_path;
   try {
-    cp = open_checkpoint(source);
+    cp = url ? remote::open_remote_checkpoint(url_or_path) : open_checkpoint(url_or_path);
     return kExitOk;
   } catch (const FormatError& e) {
     std::fprintf(stderr, "nemofs: %s: %s\n", source.c_str(), e.what());
@@ -226,7 +230,8 @@ int cmd_export(const std::vector<std::string>& args) {
     std::fputs(kUsageLine, stderr);
     return kExitUsage;
   }
-  const std::string& source = pos[0];
+  const std::string& source_arg = pos[0];
+  const std::string source = remote::is_remote_url(source_arg) ? remote::display_url(source_arg) : source_arg;
   const std::string& dest = pos[1];
   const bool to_stdout = dest == "-";
   struct stat dst {};
@@ -244,7 +249,7 @@ int cmd_export(const std::vector<std::string>& args) {
   }
 
   Checkpoint cp;
-  if (int rc = open_source(source, cp)) return rc;
+  if (int rc = open_source(source_arg, cp)) return rc;
   for (const auto& w : cp.warnings) std::fprintf(stderr, "nemofs: %s: warning: %s\n", source.c_str(), w.c_str());
 
   std::shared_ptr<SafetensorsImage> img;

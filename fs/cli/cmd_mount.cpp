@@ -9,6 +9,9 @@
 #include <cstring>
 #include <iostream>
 #include <mutex>
+#include <thread>
+#include <chrono>
+#include <algorithm>
 
 #include "formats/core/errors.h"
 #include "formats/core/io.h"
@@ -23,6 +26,7 @@
 #include "fs/backends/writable_backend.h"
 #include "fs/backends/folder_backend.h"
 #include "formats/detect/folder.h"
+#include "formats/remote/remote.h"
 
 namespace nemofs {
 
@@ -63,13 +67,14 @@ void report_source_changed(const std::string& path, const std::string& message) 
   note_source_changed(g_mountpoint, path);
 }
 
-// Opens the checkpoint, printing the one-line error and returning the exit code on failure.
+// Opens the checkpoint (a path, or a URL: formats/remote), printing the one-line error and
+// returning the exit code on failure.
 int open_or_report(const std::string& source, Checkpoint& cp) {
   try {
-    cp = open_checkpoint(source);
+    cp = remote::is_remote_url(source) ? remote::open_remote_checkpoint(source) : open_checkpoint(source);
     return kExitOk;
   } catch (const FormatError& e) {
-    std::fprintf(stderr, "nemofs: %s: %s\n", source.c_str(), e.what());
+    std::fprintf(stderr, "nemofs: %s: %s\n", remote::display_url(source).c_str(), e.what());
     return kExitSourceInvalid;
   } catch (const SysError& e) {
     std::fprintf(stderr, "nemofs: %s\n", e.what());
@@ -103,7 +108,7 @@ int cmd_inspect(const std::vector<std::string>& args) {
     std::fprintf(stderr, "usage: nemofs inspect SOURCE [--json]\n");
     return kExitUsage;
   }
-  std::string folder = real_path(source);
+  std::string folder = remote::is_remote_url(source) ? std::string() : real_path(source);
   if (!folder.empty() && is_plain_folder(folder)) {
     nlohmann::json doc;
     try {
@@ -118,7 +123,7 @@ int cmd_inspect(const std::vector<std::string>& args) {
   }
   Checkpoint cp;
   if (int rc = open_or_report(source, cp)) return rc;
-  if (json) std::cout << inspect_json(cp, source).dump(2) << "\n";
+  if (json) std::cout << inspect_json(cp, remote::display_url(source)).dump(2) << "\n";
   else inspect_text(cp, std::cout);
   return std::cout.good() ? kExitOk : kExitSourceUnreadable;
 }
@@ -126,7 +131,9 @@ int cmd_inspect(const std::vector<std::string>& args) {
 int cmd_mount(const std::vector<std::string>& args) {
   std::vector<std::string> positional, fuse_opts;
   MountRequest req;
-  bool foreground = false, debug = false;
+  bool foreground = false, debug = false, explicit_rw = false;
+  remote::Options ropt;
+  std::vector<std::string> remote_only;  // remote options given (refused for a local SOURCE)
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "-f") foreground = true;
@@ -146,7 +153,24 @@ int cmd_mount(const std::vector<std::string>& args) {
         auto eq = o.find('=');
         std::string key = o.substr(0, eq);
         if (key == "ro") req.read_only = true;
-        else if (key == "rw") req.read_only = false;
+        else if (key == "rw") {
+          req.read_only = false;
+          explicit_rw = true;
+        } else if (key == "cache_size" || key == "retries" || key == "timeout" || key == "connections") {
+          std::string v = eq == std::string::npos ? std::string() : o.substr(eq + 1);
+          try {
+            uint64_t n = key == "cache_size" ? remote::parse_size(v) : std::stoull(v);
+            if (key == "cache_size") ropt.cache_size = n;
+            else if (key == "retries") ropt.retries = static_cast<int>(std::min<uint64_t>(n, 20));
+            else if (key == "timeout") ropt.timeout_s = static_cast<long>(std::max<uint64_t>(1, std::min<uint64_t>(n, 3600)));
+            else ropt.connections = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(n, 64)));
+          } catch (const std::exception&) {
+            std::fprintf(stderr, "nemofs mount: option %s needs a number%s\n", key.c_str(),
+                         key == "cache_size" ? " (bytes, K/M/G suffix)" : "");
+            return kExitUsage;
+          }
+          remote_only.push_back(key);
+        }
         else if (key == "debug") debug = foreground = true;
         else if (key == "commit_junk" || key == "safetensors") req.nemofs_options[key] = "1";
         else if (key == "output" || key == "commit") {
@@ -177,7 +201,24 @@ int cmd_mount(const std::vector<std::string>& args) {
   }
   const std::string& source_arg = positional[0];
   const std::string& mp_arg = positional[1];
-  req.source = real_path(source_arg);
+  const bool is_remote = remote::is_remote_url(source_arg);
+  if (is_remote) {
+    if (explicit_rw) {
+      std::fprintf(stderr, "nemofs mount: %s: remote sources are mounted read-only (-o rw is not available)\n",
+                   remote::display_url(source_arg).c_str());
+      return kExitUsage;
+    }
+    if (req.nemofs_options.count("output") || req.nemofs_options.count("commit_junk")) {
+      std::fprintf(stderr, "nemofs mount: output= and commit_junk are for a writable .nemo, not a remote source\n");
+      return kExitUsage;
+    }
+    req.read_only = true;
+    remote::configure(ropt);
+  } else if (!remote_only.empty()) {
+    std::fprintf(stderr, "nemofs mount: option %s is for remote sources (URLs) only\n", remote_only.front().c_str());
+    return kExitUsage;
+  }
+  req.source = is_remote ? source_arg : real_path(source_arg);
   if (req.source.empty()) {
     std::fprintf(stderr, "nemofs: %s: %s\n", source_arg.c_str(), std::strerror(errno));
     return kExitSourceUnreadable;
@@ -195,7 +236,7 @@ int cmd_mount(const std::vector<std::string>& args) {
 
   Checkpoint cp;
   BackendChoice choice;
-  const bool folder = is_plain_folder(req.source);
+  const bool folder = !is_remote && is_plain_folder(req.source);
   if (folder) {
     // A folder of checkpoints: nothing is indexed now (views are built on first access), so
     // warnings come while serving. Each goes to stderr (seen with -f) and into the mount's state
@@ -220,6 +261,8 @@ int cmd_mount(const std::vector<std::string>& args) {
   } else {
     if (int rc = open_or_report(req.source, cp)) return rc;
   }
+  // What mount(8), status and messages show of a URL: no query string, no credentials.
+  const std::string shown_source = is_remote ? remote::display_url(req.source) : req.source;
   req.observer = std::make_shared<StateObserver>(req.mountpoint);
   if (req.nemofs_options.count("safetensors")) {
     // The view is part of the frozen tree: a writable mount's tree changes with every edit.
@@ -239,13 +282,13 @@ int cmd_mount(const std::vector<std::string>& args) {
       add_safetensors_view(cp.tree, Tree::kRoot, cp.warnings);
     }
   }
-  for (const auto& w : cp.warnings) std::fprintf(stderr, "nemofs: %s: warning: %s\n", source_arg.c_str(), w.c_str());
+  for (const auto& w : cp.warnings) std::fprintf(stderr, "nemofs: %s: warning: %s\n", shown_source.c_str(), w.c_str());
 
   if (!folder) {
     try {
       choice = make_backend(cp, req);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "nemofs: %s: %s\n", source_arg.c_str(), e.what());
+      std::fprintf(stderr, "nemofs: %s: %s\n", shown_source.c_str(), e.what());
       return kExitMountFailed;
     }
   }
@@ -253,12 +296,14 @@ int cmd_mount(const std::vector<std::string>& args) {
 
   ServerOptions so;
   so.mountpoint = req.mountpoint;
-  so.fsname = req.source;
+  so.fsname = shown_source;
+  // A comma would end the fsname option early (libfuse takes "\," as a literal comma).
+  for (size_t i = 0; (i = so.fsname.find(',', i)) != std::string::npos; i += 2) so.fsname.insert(i, "\\");
   so.foreground = foreground;
   so.debug = debug;
   so.read_only = choice.read_only;
   so.fuse_options = fuse_opts;
-  nlohmann::json state{{"source", req.source},
+  nlohmann::json state{{"source", shown_source},
                        {"mountpoint", req.mountpoint},
                        {"format", format_name(cp.format)},
                        {"mode", choice.mode}};
@@ -273,8 +318,28 @@ int cmd_mount(const std::vector<std::string>& args) {
       std::fprintf(stderr, "nemofs: warning: %s\n", e.what());
     }
   };
+  if (is_remote) {
+    state["remote"] = remote::stats(req.source);
+    // The counters go to the state file once a second while they change, from the serving
+    // process (a thread started before the daemon forks would not survive the fork).
+    std::string url = req.source;
+    so.on_serving = [mp, url] {
+      remote::enable_prefetch();
+      std::thread([mp, url] {
+        nlohmann::json last;
+        for (;;) {
+          std::this_thread::sleep_for(std::chrono::seconds(1));
+          nlohmann::json now = remote::stats(url);
+          if (now == last) continue;
+          last = now;
+          update_state(mp, [&](nlohmann::json& st) { st["remote"] = now; });
+        }
+      }).detach();
+    };
+  }
   g_mountpoint = mp;
   SourceGuard::set_reporter(&report_source_changed);
+  remote::set_change_reporter(&report_source_changed);
   so.on_finished = [&backend, mp] {
     try {
       write_result(mp, backend.outcome_ok(), backend.outcome_message());

@@ -103,7 +103,7 @@ int cmd_status(const std::vector<std::string>& args) {
   for (const auto& m : nemofs_mounts()) {
     nlohmann::json e{{"source", m.source}, {"mountpoint", m.mountpoint}};
     if (auto st = read_state(m.mountpoint)) {
-      for (const char* k : {"pid", "format", "mode", "pending_edits", "warnings", "source_changed"})
+      for (const char* k : {"pid", "format", "mode", "pending_edits", "warnings", "source_changed", "remote"})
         if (st->contains(k)) e[k] = (*st)[k];
     }
     list.push_back(std::move(e));
@@ -124,6 +124,14 @@ int cmd_status(const std::vector<std::string>& args) {
     // A folder mount's warnings arrive while it serves (a view that could not be built).
     if (e.contains("warnings"))
       for (const auto& w : e["warnings"]) std::cout << "  warning: " << w.get<std::string>() << "\n";
+    if (e.contains("remote") && e["remote"].is_object()) {
+      const auto& r = e["remote"];
+      std::cout << "  remote: " << r.value("requests", uint64_t{0}) << " requests, " << r.value("bytes_fetched", uint64_t{0})
+                << " bytes fetched, " << r.value("cache_hits", uint64_t{0}) << " cache hits, "
+                << r.value("cache_misses", uint64_t{0}) << " blocks fetched, " << r.value("errors", uint64_t{0}) << " errors";
+      if (r.contains("last_error")) std::cout << " (last: " << r["last_error"].get<std::string>() << ")";
+      std::cout << "\n";
+    }
     if (e.contains("source_changed") && e["source_changed"].is_array())
       for (const auto& p : e["source_changed"])
         if (p.is_string())

@@ -142,6 +142,17 @@ void note_source_changed(const std::string& mp, const std::string& path) {
   }
 }
 
+void update_state(const std::string& mp, const std::function<void(nlohmann::json&)>& fn) {
+  std::lock_guard lk(g_state_mu);
+  try {
+    if (auto st = read_state(mp)) {
+      fn(*st);
+      write_state(mp, *st);
+    }
+  } catch (const std::exception&) {
+  }
+}
+
 void StateObserver::pending_edits(size_t n) {
   std::lock_guard lk(g_state_mu);
   try {

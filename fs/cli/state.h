@@ -3,12 +3,14 @@
 //   root: /run/nemofs; others: $XDG_RUNTIME_DIR/nemofs, else /tmp/nemofs-<uid>.
 // File name: hex FNV-1a hash of the mountpoint's real path. Contents: {"pid", "source",
 // "mountpoint", "format", "mode": "ro"|"rw"}, "pending_edits" (writable mounts) and
-// "source_changed": [paths] once a source file changed under the mount (its reads answer EIO). When a daemon exits it writes `<hash>.result`
+// "source_changed": [paths] once a source file changed under the mount (its reads answer EIO),
+// "remote" (a URL mount's counters: remote::stats). When a daemon exits it writes `<hash>.result`
 // ({"ok": bool, "message": str}) for `nemofs umount` to print, and removes its state file.
 #pragma once
 
 #include <sys/types.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,6 +33,9 @@ void remove_state(const std::string& mountpoint_realpath);
 void write_result(const std::string& mountpoint_realpath, bool ok, const std::string& message);
 // Adds `path` to the mount's "source_changed" list (once). Best effort: never throws.
 void note_source_changed(const std::string& mountpoint_realpath, const std::string& path);
+// Read-modify-write of the mount's state file under the process's state lock (so that it does
+// not undo another thread's note). Best effort: never throws; nothing when there is no state file.
+void update_state(const std::string& mountpoint_realpath, const std::function<void(nlohmann::json&)>& fn);
 std::optional<nlohmann::json> take_result(const std::string& mountpoint_realpath);  // reads and removes
 
 struct MountInfo {

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Remote mounts against nginx on loopback, side by side with curl (bench/remote_bench.sh runs this).
+
+A SIZE-GiB .nemo (model_config.yaml + model_weights.safetensors holding a 1 GiB tensor `big` and
+filler) is served by nginx on 127.0.0.1 (tests/remote/servers.py), then:
+  1. cold mount until model_config.yaml stats; requests it took (budget: members + 3)
+  2. sequential read of the 1 GiB tensor through the mount vs `curl -o /dev/null` of its range
+  3. random 4 KiB reads, cold cache (every read in a block never fetched): median latency vs the
+     median of one `curl -r` range request (a process each, as a user would run it)
+  4. second mount with a warm cache: time until model_config.yaml stats, data requests sent
+  5. the daemon's peak RSS (VmHWM) after reading the 1 GiB tensor
+usage: [MOUNT_OPTS=,connections=16] remote_bench.py NEMOFS REPO_ROOT WORKDIR SIZE_GIB"""
+
+import json
+import os
+import random
+import statistics
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+
+NEMOFS, ROOT, W, SIZE_GIB = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+sys.path.insert(0, os.path.join(ROOT, "tests", "remote"))
+import servers  # noqa: E402
+
+BIG = 1 << 30
+
+
+def make_nemo(path):
+    st = os.path.join(W, "model_weights.safetensors")
+    filler = max(0, (SIZE_GIB << 30) - BIG)
+    header = {"big": {"dtype": "F32", "shape": [BIG // 4], "data_offsets": [0, BIG]},
+              "filler": {"dtype": "U8", "shape": [filler], "data_offsets": [BIG, BIG + filler]}}
+    hj = json.dumps(header).encode()
+    hj += b" " * (-len(hj) % 8)
+    chunk = bytearray(os.urandom(1 << 20))
+    with open(st, "wb") as f:
+        f.write(struct.pack("<Q", len(hj)) + hj)
+        left = BIG + filler
+        i = 0
+        while left:
+            chunk[0:8] = struct.pack("<Q", i)  # every MiB differs
+            n = min(left, len(chunk))
+            f.write(chunk[:n])
+            left -= n
+            i += 1
+    with tarfile.open(path, "w:") as tar:
+        cfg = os.path.join(W, "model_config.yaml")
+        with open(cfg, "w") as f:
+            f.write("target: bench.Model\n")
+        tar.add(cfg, "./model_config.yaml")
+        tar.add(st, "./model_weights.safetensors")
+    os.unlink(st)
+    with tarfile.open(path) as tar:
+        m = tar.getmember("./model_weights.safetensors")
+        members = len(tar.getmembers())
+    return m.offset_data + 8 + len(hj), members  # where `big` starts in the .nemo
+
+
+def env(cache):
+    e = dict(os.environ)
+    e["XDG_CACHE_HOME"] = cache
+    return e
+
+
+def mount(url, mp, cache, opts="ro" + os.environ.get("MOUNT_OPTS", "")):
+    t0 = time.monotonic()
+    subprocess.run([NEMOFS, "mount", "-o", opts, url, mp], env=env(cache), check=True)
+    os.stat(os.path.join(mp, "model_config.yaml"))
+    return time.monotonic() - t0
+
+
+def umount(mp):
+    subprocess.run([NEMOFS, "umount", mp], check=True, capture_output=True)
+
+
+def daemon_pid(mp):
+    for e in json.loads(subprocess.run([NEMOFS, "status", "--json"], capture_output=True, text=True).stdout):
+        if e["mountpoint"] == os.path.realpath(mp):
+            return e["pid"]
+    return None
+
+
+def vmhwm_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def data_requests(lines):
+    return [l for l in lines if not l.startswith("HEAD ") and " bytes=0-0 " not in l]
+
+
+def main():
+    www = os.path.join(W, "www")
+    os.makedirs(www)
+    nemo = os.path.join(www, "big.nemo")
+    t0 = time.monotonic()
+    big_off, members = make_nemo(nemo)
+    print("# %d GiB .nemo written in %.1f s; tensor `big` at byte %d" % (SIZE_GIB, time.monotonic() - t0, big_off))
+    with open(nemo, "rb") as f:  # the server reads from the page cache for every contender alike
+        while f.read(16 << 20):
+            pass
+    n = servers.Nginx(W, www).start()
+    url = n.url("big.nemo")
+    mp = os.path.join(W, "mnt")
+    os.makedirs(mp)
+    rows = []
+    try:
+        # 1. cold mount
+        cache = os.path.join(W, "cache1")
+        before = len(n.requests())
+        t_mount = mount(url, mp, cache)
+        reqs = len(n.requests()) - before
+        rows.append(("cold mount until model_config.yaml stats", "%.3f s" % t_mount, "%d requests (budget %d)" % (reqs, members + 3)))
+        # 2. sequential 1 GiB
+        tensor = os.path.join(mp, "model_weights.safetensors.tensors", "big")
+        t0 = time.monotonic()
+        with open(tensor, "rb", buffering=0) as f:
+            got = 0
+            while True:
+                b = f.read(1 << 20)
+                if not b:
+                    break
+                got += len(b)
+        t_seq = time.monotonic() - t0
+        assert got == BIG, got
+        pid = daemon_pid(mp)
+        rss = vmhwm_kib(pid) if pid else 0
+        t0 = time.monotonic()
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "-r", "%d-%d" % (big_off, big_off + BIG - 1), url], check=True)
+        t_curl = time.monotonic() - t0
+        rows.append(("sequential read of the 1 GiB tensor", "%.3f s (%.0f MiB/s)" % (t_seq, 1024 / t_seq),
+                     "curl -o /dev/null of the range: %.3f s (%.0f MiB/s); ratio %.2fx of curl's throughput" % (t_curl, 1024 / t_curl, t_curl / t_seq)))
+        rows.append(("daemon peak RSS (VmHWM) after reading 1 GiB", "%d MiB" % (rss // 1024), "budget 128 MiB"))
+        umount(mp)
+        # 3. random 4 KiB reads, cold cache
+        cache = os.path.join(W, "cache2")
+        mount(url, mp, cache)
+        rnd = random.Random(7)
+        blocks = rnd.sample(range(1, BIG // (2 << 20) - 1), 40)
+        offs = [b * (2 << 20) + rnd.randrange(0, (2 << 20) - 4096) for b in blocks]
+        lat = []
+        fd = os.open(tensor, os.O_RDONLY)
+        for o in offs:
+            t0 = time.monotonic()
+            assert len(os.pread(fd, 4096, o)) == 4096
+            lat.append(time.monotonic() - t0)
+        os.close(fd)
+        umount(mp)
+        curl_lat = []
+        for o in offs:
+            t0 = time.monotonic()
+            subprocess.run(["curl", "-s", "-o", "/dev/null", "-r", "%d-%d" % (big_off + o, big_off + o + 4095), url], check=True)
+            curl_lat.append(time.monotonic() - t0)
+        m1, m2 = statistics.median(lat), statistics.median(curl_lat)
+        rows.append(("random 4 KiB reads, cold cache (median of %d)" % len(lat), "%.2f ms" % (m1 * 1e3),
+                     "one curl range request: %.2f ms; ratio %.2fx" % (m2 * 1e3, m1 / m2)))
+        # 4. warm second mount (the cache of run 1)
+        cache = os.path.join(W, "cache1")
+        before = len(n.requests())
+        t_warm = mount(url, mp, cache)
+        warm = n.requests()[before:]
+        t0 = time.monotonic()
+        with open(tensor, "rb", buffering=0) as f:
+            while f.read(1 << 20):
+                pass
+        t_wseq = time.monotonic() - t0
+        umount(mp)
+        rows.append(("second mount, warm cache, until model_config.yaml stats", "%.1f ms" % (t_warm * 1e3),
+                     "%d requests, %d of them data requests" % (len(warm), len(data_requests(warm)))))
+        rows.append(("sequential read of the 1 GiB tensor, warm cache (blocks on disk)", "%.3f s (%.0f MiB/s)" % (t_wseq, 1024 / t_wseq), "the FUSE path alone"))
+    finally:
+        if os.path.ismount(mp):
+            subprocess.run(["fusermount3", "-u", "-z", mp])
+        n.stop()
+    print("| measure | nemofs | beside it |")
+    print("|---|---|---|")
+    for r in rows:
+        print("| %s | %s | %s |" % r)
+
+
+main()

@@ -1,0 +1,123 @@
+// RemoteSource: the ByteSource of one remote object, read by ranges through the block cache.
+//
+// Layout on disk (shared by every mount of the user; files + rename, no daemon):
+//   CACHE/blocks/<key>/<n>   block n of the object (kBlock bytes, the last one shorter), written
+//                            to a temp file and renamed, so a block file is always whole
+//   CACHE/.lock              flock'ed by whoever evicts
+// <key> is a hash of the object's stable name (URL without query, s3://, hf://) and its identity,
+// so a replaced object never meets the blocks of the old one. Eviction is LRU by block mtime
+// (a hit touches it): once a process has written an eighth of the cap since its last look, it
+// lists the blocks and removes the oldest until the cache is under 90% of the cap.
+//
+// Reads: the blocks a read touches are taken from the cache or fetched (one request for a run of
+// missing blocks). Each object follows up to four sequential streams; a read that continues one
+// grows its window (2 MiB, doubling to 128 MiB) and the blocks ahead are fetched by a pool of
+// background workers in parts of up to 8 MiB, in parallel. Fetched bytes go straight from the
+// socket to the block file, so the daemon holds no object data in memory.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "formats/core/byte_source.h"
+#include "formats/remote/http.h"
+
+namespace nemofs::remote {
+
+constexpr uint64_t kBlock = 2u << 20;
+
+// How requests to one object are made.
+struct ObjectRef {
+  std::string url;        // where the bytes are (a Hub resolve URL when `hub`)
+  std::string display;    // redacted, for messages and status
+  std::string cache_name; // stable name for the cache key
+  // Added to every request to url (never to a Hub CDN location).
+  std::vector<std::string> headers;
+  std::string aws_sigv4, aws_userpwd;
+  bool hub = false;
+  // From a listing (S3 ListObjectsV2, the Hub's tree): known without a request.
+  std::optional<uint64_t> size;
+  std::string identity;
+};
+
+struct Counters {
+  std::atomic<uint64_t> cache_hits{0}, cache_misses{0}, errors{0};
+  std::mutex mu;
+  std::string last_error;
+  void error(const std::string& e);
+};
+Counters& counters();
+
+class RemoteSource final : public ByteSource, public std::enable_shared_from_this<RemoteSource> {
+ public:
+  // Pins the object's identity (one request unless the ref already has size and identity; a Hub
+  // ref always resolves). Throws SysError with the one-line reason.
+  static std::shared_ptr<RemoteSource> open(ObjectRef ref);
+  // Without any request: the ref must have size and identity (a listing's); a Hub ref resolves its
+  // location on first read.
+  static std::shared_ptr<RemoteSource> lazy(ObjectRef ref);
+  ~RemoteSource() override;
+
+  uint64_t size() const override { return size_; }
+  size_t read_at(uint64_t off, void* buf, size_t len) const override;
+  std::string describe() const override { return ref_.display; }
+  // EIO once the object was seen replaced; at most every 2 s, one identity request (HEAD with
+  // If-Match) so cached blocks of a replaced object stop being served too.
+  void verify() const override;
+  const std::string& identity() const { return identity_; }
+  std::optional<uint64_t> cache_identity() const override { return key_hash_; }
+
+  // Prefetch worker entry: fetches blocks [b0, b1) that are still missing.
+  void prefetch(uint64_t b0, uint64_t b1) const;
+
+ private:
+  explicit RemoteSource(ObjectRef ref);
+  void init_cache() const;
+  void resolve() const;  // Hub: the location and identity of the object
+  enum : uint8_t { kAbsent = 0, kInFlight = 1, kPresent = 2, kFailed = 3 };
+  // Makes block b present (from disk or fetched): true when it was a cache hit. Throws SysError(EIO).
+  bool ensure(uint64_t b) const;
+  // Fetches blocks [b0, b1) (already marked in flight by the caller) in one request.
+  void fetch(uint64_t b0, uint64_t b1) const;
+  void finish(uint64_t b0, uint64_t b1, uint64_t done_to, const std::string& err) const;
+  HttpRequest data_request(uint64_t first, uint64_t last) const;
+  void check_response(const HttpResponse& r, uint64_t first, uint64_t last) const;
+  [[noreturn]] void changed(const std::string& why) const;
+  std::string block_path(uint64_t b) const;
+  void note_read(uint64_t off, uint64_t len) const;
+
+  ObjectRef ref_;
+  uint64_t size_ = 0;
+  std::string identity_;
+  uint64_t nblocks_ = 0;
+  std::string dir_;  // CACHE/blocks/<key>
+  uint64_t key_hash_ = 0;
+
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  mutable std::vector<uint8_t> state_;
+  mutable std::string fail_;
+  // Hub: where the bytes are, and the CDN's ETag of them once seen.
+  mutable std::once_flag resolved_;
+  mutable std::string data_url_, data_etag_;
+  mutable std::atomic<bool> changed_{false};
+  mutable std::atomic<int64_t> last_verify_ms_{0};
+  struct Stream {
+    uint64_t end = 0;
+    uint64_t window = 0;  // blocks ahead
+    uint64_t used = 0;    // last use, for replacement
+  };
+  mutable Stream streams_[4];
+  // The block file read last, kept open for the reads that follow in it (shared: a reader keeps
+  // its copy while another one replaces it).
+  mutable uint64_t open_block_ = UINT64_MAX;
+  mutable std::shared_ptr<UniqueFd> open_fd_;
+  mutable uint64_t clock_ = 0;
+};
+
+}  // namespace nemofs::remote
