@@ -92,7 +92,22 @@ bool transient_code(CURLcode c, bool retry_refused) {
   }
 }
 
+bool tls_error(CURLcode c) {
+  switch (c) {
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+      return true;
+    default:
+      return false;
+  }
+}
+
 int code_errno(CURLcode c) {
+  if (tls_error(c)) return EPROTO;
   switch (c) {
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
@@ -101,13 +116,6 @@ int code_errno(CURLcode c) {
       return ECONNREFUSED;
     case CURLE_OPERATION_TIMEDOUT:
       return ETIMEDOUT;
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER:
-    case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_ISSUER_ERROR:
-      return EPROTO;
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
       return EINVAL;
@@ -122,15 +130,7 @@ std::string code_text(CURLcode c, const char* errbuf) {
     case CURLE_COULDNT_RESOLVE_HOST: why = "cannot resolve host"; break;
     case CURLE_COULDNT_CONNECT: why = "cannot connect (connection refused or host unreachable)"; break;
     case CURLE_OPERATION_TIMEDOUT: why = "timed out"; break;
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER:
-    case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_ISSUER_ERROR:
-      why = "TLS error";
-      break;
-    default: why = curl_easy_strerror(c);
+    default: why = tls_error(c) ? "TLS error" : curl_easy_strerror(c);
   }
   // curl's own detail may name the host; it never holds the query string or credentials.
   if (errbuf && *errbuf && c != CURLE_COULDNT_RESOLVE_HOST) why += std::string(" (") + errbuf + ")";

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "formats/core/errors.h"
+#include "formats/core/utf8.h"
 #include "formats/remote/source.h"
 
 namespace nemofs::remote {
@@ -170,20 +171,9 @@ std::string xml_unescape(const std::string& s) {
     else if (!ent.empty() && ent[0] == '#') {
       unsigned long cp = ent.size() > 1 && (ent[1] == 'x' || ent[1] == 'X') ? std::strtoul(ent.c_str() + 2, nullptr, 16)
                                                                               : std::strtoul(ent.c_str() + 1, nullptr, 10);
-      if (cp < 0x80) out += static_cast<char>(cp);
-      else if (cp < 0x800) {
-        out += static_cast<char>(0xC0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-      } else if (cp < 0x10000) {
-        out += static_cast<char>(0xE0 | (cp >> 12));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-      } else {
-        out += static_cast<char>(0xF0 | (cp >> 18));
-        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-      }
+      // A code point past Unicode is kept as the entity's text (append_utf8 needs cp <= U+10FFFF).
+      if (cp > 0x10FFFF) out += s.substr(i, semi - i + 1);
+      else append_utf8(out, static_cast<uint32_t>(cp));
     } else {
       out += s.substr(i, semi - i + 1);
     }
