@@ -5,7 +5,6 @@
 #include <linux/fiemap.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -242,55 +241,52 @@ uint64_t shared_extent_bytes(int fd, uint64_t size) {
 
 namespace {
 
-// Source and destination offsets that differ modulo the page size: copy_file_range then splices
-// page references and writes each destination page from two partial source pages (two copies per
-// page, 1.5x the time of a page-congruent copy measured on ext4). Writing from a read-only mapping
-// of the source instead copies each byte once, at the congruent speed. The mapping is only read by
-// the kernel inside pwrite: a page past the source's end (a file cut short meanwhile) is EFAULT
-// there, never a SIGBUS here. Returns the bytes copied; nullopt when the source cannot be mapped
-// (the caller copies as before).
-std::optional<uint64_t> copy_shifted(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len,
+// Source and destination offsets that differ modulo the page size (nothing can share such blocks):
+// copy_file_range then copies through the kernel's internal 64 KiB pipe, and a mapping of the
+// source written out with pwrite pays a page fault and a 4 KiB TLB entry per source page (in a VM,
+// nested page walks). Splicing through a pipe of our own, made as large as the system allows
+// (1 MiB by default), moves page references into the pipe and copies each byte once into the
+// destination, in writes of up to 1 MiB (fewer, larger page-cache folios). Measured on ext4, 1 GiB
+// shifted copy, CPU seconds, interleaved, busy 2-core VM: 0.44-0.50 through a 1 MiB pipe, 0.63-0.68
+// copy_file_range, 1.01-1.08 a mapping in 2 MiB pwrites; page-congruent copy_file_range (what cp
+// does) 0.50-0.52. Nothing is mapped, so the copier's RSS does not grow. Returns the bytes copied
+// (fewer than `len` when `in` ends first); nullopt when the files cannot be spliced and nothing was
+// written (the caller copies its own way).
+std::optional<uint64_t> copy_spliced(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len,
                                      const std::string& what) {
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  struct stat st {};
-  if (::fstat(in, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
-  // Bytes of the last page past the end read as zeros in a mapping: never copy past the end.
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (in_off >= size) return 0;
-  len = std::min<uint64_t>(len, size - in_off);
-  // Mapped source pages count in the copier's RSS while mapped: a small window keeps it small.
-  constexpr uint64_t kMap = 16ull << 20;
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return std::nullopt;
+  UniqueFd rd(fds[0]), wr(fds[1]);
+  // A larger pipe than the system's limit (or the user's pipe budget) is refused: keep the default.
+  constexpr int kPipe = 1 << 20;
+  int cap = ::fcntl(wr.get(), F_SETPIPE_SZ, kPipe);
+  if (cap <= 0) cap = ::fcntl(wr.get(), F_GETPIPE_SZ);
+  if (cap <= 0) cap = 64 << 10;
+  auto unsupported = [](int e) { return e == EINVAL || e == ENOSYS || e == EOPNOTSUPP || e == EXDEV; };
+  loff_t i = static_cast<loff_t>(in_off), o = static_cast<loff_t>(out_off);
   uint64_t done = 0;
   while (done < len) {
-    const uint64_t from = in_off + done;
-    const uint64_t base = from & ~(page - 1);
-    const uint64_t want = std::min<uint64_t>(len - done, kMap);
-    const size_t map_len = static_cast<size_t>(from - base + want);
-    void* m = ::mmap(nullptr, map_len, PROT_READ, MAP_SHARED, in, static_cast<off_t>(base));
-    if (m == MAP_FAILED) {
-      if (done == 0) return std::nullopt;
-      return done;  // the caller goes on from here its own way
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(len - done, static_cast<uint64_t>(cap)));
+    ssize_t n = retry([&] { return ::splice(in, &i, wr.get(), nullptr, want, SPLICE_F_MOVE); });
+    if (n == 0) break;  // the source ended
+    if (n < 0) {
+      if (done == 0 && unsupported(errno)) return std::nullopt;
+      throw_sys(errno, what);
     }
-    ::madvise(m, map_len, MADV_SEQUENTIAL);
-    const char* p = static_cast<const char*>(m) + (from - base);
-    uint64_t w = 0;
-    int err = 0;
-    while (w < want) {
-      // 2 MiB per write: larger writes from the mapping ran at half the speed (1 GiB shifted copy on
-      // ext4: 0.37 s in 2 MiB writes, 0.54 s in 16 MiB ones, 0.31 s congruent copy_file_range).
-      const size_t piece = static_cast<size_t>(std::min<uint64_t>(want - w, 2u << 20));
-      ssize_t n = retry([&] { return ::pwrite(out, p + w, piece, static_cast<off_t>(out_off + done + w)); });
-      if (n > 0) {
-        w += static_cast<uint64_t>(n);
+    for (size_t left = static_cast<size_t>(n); left;) {
+      ssize_t m = retry([&] { return ::splice(rd.get(), nullptr, out, &o, left, SPLICE_F_MOVE); });
+      if (m > 0) {
+        left -= static_cast<size_t>(m);
         continue;
       }
-      err = n == 0 ? ENOSPC : errno;
-      break;
+      // Nothing written yet: the destination cannot take spliced pages; the caller starts over.
+      if (m < 0 && done == 0 && left == static_cast<size_t>(n) && unsupported(errno)) return std::nullopt;
+      // A page in the pipe was cut from the source (truncated meanwhile): report what was copied;
+      // the caller goes on from there and finds the source's new end.
+      if (m < 0 && errno == ENODATA) return done;
+      throw_sys(m == 0 ? ENOSPC : errno, what);
     }
-    ::munmap(m, map_len);
-    done += w;
-    if (err == EFAULT) return done;  // the source ended under the mapping
-    if (err) throw_sys(err, what);
+    done += static_cast<uint64_t>(n);
   }
   return done;
 }
@@ -303,9 +299,9 @@ uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t
   bool kernel = true;
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   if (((in_off ^ out_off) & (page - 1)) != 0 && len >= (1u << 20)) {
-    if (auto n = copy_shifted(in, in_off, out, out_off, len, what)) {
+    if (auto n = copy_spliced(in, in_off, out, out_off, len, what)) {
       if (*n == len) return len;
-      // Short: the source ended (then the loop below finds its end at once), or a mapping failed.
+      // Short: the source ended (the loop below finds its end at once).
       done = *n;
     }
   }

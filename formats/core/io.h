@@ -92,8 +92,8 @@ bool mkdir(const std::string& path, mode_t mode);
 
 // Copies `len` bytes of `in` at `in_off` to `out` at `out_off`: copy_file_range (the kernel
 // copies, or shares extents), falling back to a buffer where the filesystems cannot; offsets that
-// differ modulo the page size (nothing can share those) are written from a mapping of `in`, which
-// copies each byte once. Returns the bytes copied: fewer than `len` only when `in` ends first.
+// differ modulo the page size (nothing can share those) are spliced through a pipe of up to 1 MiB
+// (each byte copied once, nothing mapped). Returns the bytes copied: fewer than `len` only when `in` ends first.
 uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, const std::string& what = "copy");
 // Bytes of the file's first `size` bytes that lie in extents shared with another file (reflinks:
 // FIEMAP_EXTENT_SHARED), or 0 where the filesystem cannot say. A report, never a decision.

@@ -1,7 +1,7 @@
 // io::copy_range: page-congruent offsets go through copy_file_range, offsets that differ modulo
-// the page size through a mapping of the source (copy_shifted). Both must copy exactly the bytes
-// asked for, and stop exactly at the source's end: a mapping reads zeros past the end of the last
-// page, which must never reach the destination.
+// the page size (1 MiB and more) are spliced through a pipe of our own (copy_spliced), several
+// pipe-fulls for the larger cases. Both must copy exactly the bytes asked for, and stop exactly at
+// the source's end, also when it ends inside a page.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -52,7 +52,7 @@ TEST(CopyRange, CongruentAndShiftedOffsetsCopyExactly) {
 
 TEST(CopyRange, StopsExactlyAtTheSourcesEnd) {
   ScratchDir d;
-  // The source ends 123 bytes into a page: a mapping shows zeros for the rest of that page.
+  // The source ends 123 bytes into a page: nothing past it (no zeros of the rest of that page).
   const std::string src = random_bytes((3u << 20) + 123, 11);
   std::string in_path = d.write("in", src);
   UniqueFd in = io::open(in_path, O_RDONLY);
