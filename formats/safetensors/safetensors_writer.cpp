@@ -80,6 +80,17 @@ SafetensorsMetadata default_safetensors_metadata() { return {{"format", "pt"}}; 
 
 std::shared_ptr<SafetensorsImage> make_safetensors(std::vector<SafetensorsInput> tensors,
                                                    const SafetensorsMetadata& metadata) {
+  // torch's float4_e2m1fn_x2 (nemofs F4_X2: one byte holds two 4-bit values, the shape counts
+  // bytes) is what the reference's torch binding saves as F4 with the last dimension doubled, so
+  // the header counts 4-bit elements; the bytes are the same. A 0-d one has no such shape.
+  for (auto& t : tensors) {
+    if (t.dtype != "F4_X2") continue;
+    if (t.shape.empty())
+      throw FormatError(kFmt, "tensor " + printable(t.key) + (t.origin.empty() ? "" : " (" + t.origin + ")") +
+                                  ": a 0-d float4_e2m1fn_x2 tensor has no safetensors F4 shape");
+    t.dtype = "F4";
+    t.shape.back() = checked_mul(t.shape.back(), uint64_t{2}, kFmt, std::nullopt, "F4 shape");
+  }
   std::map<std::string, const SafetensorsInput*> seen;
   for (const auto& t : tensors) {
     std::string where = t.origin.empty() ? "" : " (" + t.origin + ")";
@@ -329,6 +340,14 @@ void add_safetensors_view(Tree& tree, NodeId dir, std::vector<std::string>& warn
     tree.add_file(dir, "model.safetensors", img);
   } catch (const FormatError& e) {
     warnings.push_back(shown + ": not shown: " + e.detail());
+  }
+}
+
+void add_safetensors_views(Tree& tree, bool nemo, std::vector<std::string>& warnings) {
+  if (nemo) {
+    for (NodeId view : tensor_views(tree)) add_safetensors_view(tree, view, warnings);
+  } else {
+    add_safetensors_view(tree, Tree::kRoot, warnings);
   }
 }
 

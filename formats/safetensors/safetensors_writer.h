@@ -17,9 +17,12 @@
 //                 F8_E4M3 F8_E8M0 F8_E4M3FNUZ F8_E5M2FNUZ I16 U16 F16 BF16 I32 U32 F32 C64 F64 I64
 //                 U64, so U64 first and BOOL last: wider dtypes first keep every tensor aligned),
 //                 then key by bytes (Rust's String order).
-// Refused (FormatError "safetensors-export"): a dtype outside that enum (nemofs's C128, C32,
-// F4_X2), a key that is not UTF-8, two tensors with one key, bytes that do not match dtype and
-// shape, a header over the reference reader's limit of 100,000,000 bytes.
+// nemofs's F4_X2 (torch float4_e2m1fn_x2, two 4-bit values a byte, shape in bytes) is written as
+// the reference's torch binding writes it: F4, last dimension doubled, the same bytes.
+// Refused (FormatError "safetensors-export"): a dtype outside that enum (nemofs's C128, C32: the
+// reference maps neither), a 0-d F4_X2, a key that is not UTF-8, two tensors with one key, bytes
+// that do not match dtype and shape, a header over the reference reader's limit of 100,000,000
+// bytes.
 //
 // From a Tree (layout.md section 2): a tensor is a file with a sidecar `<file>.json` giving dtype,
 // shape and nbytes (the rule `nemofs inspect` uses); its key is its path below the chosen folder,
@@ -107,5 +110,9 @@ std::vector<NodeId> tensor_views(const Tree& tree);
 // when the tensors cannot be exported (a key collision, a dtype safetensors lacks), a warning
 // is added and nothing else changes.
 void add_safetensors_view(Tree& tree, NodeId dir, std::vector<std::string>& warnings);
+// Every `-o safetensors` view of one checkpoint's tree, as a mount of it alone shows them: for a
+// .nemo (`nemo`), one in each `<member>.tensors/` view; for every other checkpoint, one at the root.
+// Used by single mounts at mount time and by folder mounts when a checkpoint's view is indexed.
+void add_safetensors_views(Tree& tree, bool nemo, std::vector<std::string>& warnings);
 
 }  // namespace nemofs

@@ -124,6 +124,22 @@ TEST(SafetensorsWriter, RefusesWhatSafetensorsCannotHold) {
   EXPECT_THROW(make_safetensors({input(std::string(100'000'001, 'k'), "U8", {1}, "x")}, {}), FormatError);
 }
 
+// torch's float4_e2m1fn_x2 (nemofs F4_X2, shape in bytes): the reference's torch binding
+// (bindings/python TensorSpec) writes it as F4 with the last dimension doubled, the bytes as they
+// are; it sorts as F4 (after every wider dtype, before BOOL).
+TEST(SafetensorsWriter, Float4X2IsWrittenAsF4) {
+  auto img = make_safetensors({input("q", "F4_X2", {2, 3}, "abcdef"), input("b", "BOOL", {1}, std::string(1, '\1')),
+                               input("w", "F32", {1}, le_f32({1.0f}))},
+                              {});
+  std::string h = img->header().substr(8);
+  EXPECT_NE(h.find("\"q\":{\"dtype\":\"F4\",\"shape\":[2,6],\"data_offsets\":[4,10]}"), std::string::npos) << h;
+  SafetensorsHeader back = parse_safetensors(*img);
+  ASSERT_EQ(back.tensors.size(), 3u);
+  std::string bytes = all_bytes(*img);
+  EXPECT_EQ(bytes.substr(img->data_start() + 4, 6), "abcdef");
+  EXPECT_THROW(make_safetensors({input("s", "F4_X2", {}, "a")}, {}), FormatError);  // 0-d: no F4 shape
+}
+
 TEST(SafetensorsWriter, TreeKeysUnescapeAndCollide) {
   Tree tree;
   TensorMeta m{"U8", {1}, 1, nlohmann::json::object()};
