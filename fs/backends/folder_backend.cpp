@@ -11,6 +11,7 @@
 
 #include "formats/core/errors.h"
 #include "formats/core/io.h"
+#include "formats/safetensors/safetensors_writer.h"
 #include "fs/backends/tree_backend.h"
 
 namespace nemofs {
@@ -55,8 +56,8 @@ bool ends_with_view(std::string_view name) {
 
 }  // namespace
 
-FolderBackend::FolderBackend(std::string root, uid_t uid, gid_t gid, WarnFn warn)
-    : root_(std::move(root)), uid_(uid), gid_(gid), warn_(std::move(warn)) {
+FolderBackend::FolderBackend(std::string root, uid_t uid, gid_t gid, WarnFn warn, bool safetensors_views)
+    : root_(std::move(root)), uid_(uid), gid_(gid), warn_(std::move(warn)), safetensors_views_(safetensors_views) {
   rel_of_[kRootIno] = "";
   ino_of_[""] = kRootIno;
 }
@@ -185,6 +186,11 @@ std::shared_ptr<FolderBackend::View> FolderBackend::ensure_built(const std::shar
   v->identity = std::move(id);
   try {
     v->cp = open_checkpoint(path);
+    // Part of the index: the header is laid out now, once per build, like a single mount's at
+    // mount time; a rebuilt view (the checkpoint changed) gets a new one from the new tree.
+    if (safetensors_views_)
+      add_safetensors_views(v->cp.tree, v->cp.format == Format::Tar || v->cp.format == Format::GzipTar,
+                            v->cp.warnings);
   } catch (const std::bad_alloc&) {
     throw;
   } catch (const std::exception& e) {

@@ -44,7 +44,10 @@ class FolderBackend final : public Backend {
   using WarnFn = std::function<void(const std::string&)>;
   // `root`: the real path of the folder. `warn` receives each warning once (views that could not be
   // built, names taken, what a checkpoint's own parse warns about), from any serving thread.
-  FolderBackend(std::string root, uid_t uid, gid_t gid, WarnFn warn);
+  // `safetensors_views` (-o safetensors): each view, when indexed, gets the `model.safetensors`
+  // file(s) a read-only mount of that checkpoint alone shows (safetensors_writer.h
+  // add_safetensors_views), built with the rest of its index.
+  FolderBackend(std::string root, uid_t uid, gid_t gid, WarnFn warn, bool safetensors_views = false);
   ~FolderBackend() override;
 
   Entry lookup(Ino parent, std::string_view name) override;
@@ -103,6 +106,7 @@ class FolderBackend final : public Backend {
   uid_t uid_;
   gid_t gid_;
   WarnFn warn_;
+  bool safetensors_views_ = false;
 
   mutable std::mutex mu_;
   Ino next_ino_ = 2;

@@ -255,7 +255,8 @@ int cmd_mount(const std::vector<std::string>& args) {
       } catch (const std::exception&) {
       }
     };
-    choice.backend = std::make_unique<FolderBackend>(req.source, getuid(), getgid(), warn);
+    choice.backend =
+        std::make_unique<FolderBackend>(req.source, getuid(), getgid(), warn, req.nemofs_options.count("safetensors") > 0);
     choice.read_only = true;
     choice.mode = "ro";
   } else {
@@ -270,17 +271,9 @@ int cmd_mount(const std::vector<std::string>& args) {
       std::fprintf(stderr, "nemofs mount: -o safetensors needs a read-only mount of a .nemo (add -o ro)\n");
       return kExitUsage;
     }
-    if (folder) {
-      // A folder mount builds its views on first access, from no frozen tree to add the file to.
-      std::fprintf(stderr, "nemofs mount: -o safetensors is not available for a folder of checkpoints "
-                           "(mount or nemofs export a checkpoint inside it)\n");
-      return kExitUsage;
-    }
-    if (cp.format == Format::Tar || cp.format == Format::GzipTar) {
-      for (NodeId view : tensor_views(cp.tree)) add_safetensors_view(cp.tree, view, cp.warnings);
-    } else {
-      add_safetensors_view(cp.tree, Tree::kRoot, cp.warnings);
-    }
+    // A folder mount adds the views as it indexes each checkpoint (FolderBackend).
+    if (!folder)
+      add_safetensors_views(cp.tree, cp.format == Format::Tar || cp.format == Format::GzipTar, cp.warnings);
   }
   for (const auto& w : cp.warnings) std::fprintf(stderr, "nemofs: %s: warning: %s\n", shown_source.c_str(), w.c_str());
 

@@ -9,7 +9,9 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
+#include <thread>
 
 #include "formats/core/errors.h"
 #include "formats/detect/checkpoint.h"
@@ -237,15 +239,58 @@ TEST(SafetensorsView, CheckpointEntryOfThatNameWins) {
   EXPECT_EQ(read_whole_file(m.path() + "/model.safetensors"), "abc");
 }
 
-TEST(SafetensorsView, FolderOfCheckpointsRefusesIt) {
+// A folder of checkpoints (SEMANTICS section 9): each checkpoint's view gets the file(s) a mount
+// of it alone shows, built lazily with the view's index; a checkpoint replaced while mounted gets
+// a new one.
+TEST(SafetensorsView, FolderOfCheckpointsGetsOnePerView) {
   NEMOFS_REQUIRE_FUSE();
   TempDir tmp;
   std::string dir = tmp / "run";
-  ::mkdir(dir.c_str(), 0755);
-  write_file(dir + "/notes.txt", "hello\n");
-  Mount m(dir, tmp / "mp", {"-o", "ro,safetensors"});
-  EXPECT_EQ(m.result().status, 1) << m.result().err;
-  EXPECT_EQ(std::count(m.result().err.begin(), m.result().err.end(), '\n'), 1) << m.result().err;
+  auto r = run_shell("mkdir -p '" + dir + "/sub' && cp '" + data_path("real/nemo/asr_ctc.nemo") + "' '" + dir +
+                     "/a.nemo' && cp -r '" + data_path("real/dcp/sharded_2d") + "' '" + dir + "/sub/weights' && cp '" +
+                     data_path("real/torch/nested.pt") + "' '" + dir + "/w.pt' && echo hi > '" + dir + "/notes.txt'");
+  ASSERT_EQ(r.status, 0) << r.err;
+  struct Case {
+    std::string ckpt, view;
+  };
+  const std::vector<Case> cases{{"a.nemo", "a.nemo.tensors/model_weights.ckpt.tensors/model.safetensors"},
+                                {"sub/weights", "sub/weights.tensors/model.safetensors"},
+                                {"w.pt", "w.pt.tensors/model.safetensors"}};
+  auto exported = [&](const std::string& ckpt) {
+    auto e = run({nemofs_bin(), "export", dir + "/" + ckpt, tmp / "e.safetensors"});
+    EXPECT_EQ(e.status, 0) << e.err;
+    return read_whole_file(tmp / "e.safetensors");
+  };
+  {
+    Mount m(dir, tmp / "mp", {"-o", "ro,safetensors"});
+    ASSERT_TRUE(m.ok()) << m.result().err;
+    // Nothing but the views' own files: the folder's listing is unchanged.
+    auto top = list_dir(m.path());
+    std::sort(top.begin(), top.end());
+    EXPECT_EQ(top, (std::vector<std::string>{"a.nemo", "a.nemo.tensors", "notes.txt", "sub", "w.pt", "w.pt.tensors"}));
+    for (const auto& c : cases) {
+      SCOPED_TRACE(c.view);
+      std::string want = exported(c.ckpt);
+      ASSERT_FALSE(want.empty());
+      EXPECT_TRUE(read_whole_file(m.path() + "/" + c.view) == want);
+      FileSource view(m.path() + "/" + c.view);
+      EXPECT_NO_THROW(parse_safetensors(view));
+    }
+    // Replaced while mounted: the view is indexed again, with a model.safetensors of the new file.
+    r = run_shell("cp '" + data_path("real/torch/zoo.pt") + "' '" + dir + "/.w.tmp' && mv '" + dir + "/.w.tmp' '" +
+                  dir + "/w.pt'");
+    ASSERT_EQ(r.status, 0) << r.err;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1300));  // past the 1 s name cache
+    std::string want = exported("w.pt");
+    EXPECT_TRUE(read_whole_file(m.path() + "/w.pt.tensors/model.safetensors") == want);
+    EXPECT_EQ(m.umount().status, 0);
+  }
+  // Without the option nothing changes.
+  Mount plain(dir, tmp / "mp2");
+  ASSERT_TRUE(plain.ok()) << plain.result().err;
+  struct stat st {};
+  EXPECT_NE(::stat((plain.path() + "/w.pt.tensors/model.safetensors").c_str(), &st), 0);
+  EXPECT_EQ(::stat((plain.path() + "/w.pt.tensors").c_str(), &st), 0);
 }
 
 TEST(SafetensorsView, WritableNemoNeedsRo) {
