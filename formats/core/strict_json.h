@@ -21,4 +21,10 @@ namespace nemofs {
 // malformed JSON, a duplicate key in any object, nesting deeper than 128.
 nlohmann::json parse_strict_json(std::string_view text, const char* format, uint64_t base_offset);
 
+// The same checks in one pass that builds nothing itself: every event that passes them goes on to
+// `sax` (which may throw its own FormatError; returning false from an event stops the parse with
+// a generic error). The same FormatErrors as parse_strict_json for malformed text.
+void sax_strict_json(std::string_view text, nlohmann::json_sax<nlohmann::json>& sax, const char* format,
+                     uint64_t base_offset);
+
 }  // namespace nemofs
