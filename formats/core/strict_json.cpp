@@ -1,5 +1,7 @@
 #include "formats/core/strict_json.h"
 
+#include <algorithm>
+#include <iterator>
 #include <optional>
 #include <set>
 #include <string>
@@ -111,13 +113,14 @@ nlohmann::json parse_strict_json(std::string_view text, const char* format, uint
   }
 }
 
-void sax_strict_json(std::string_view text, nlohmann::json_sax<nlohmann::json>& sax, const char* format,
-                     uint64_t base_offset) {
-  if (auto bad = find_invalid_utf8(text))
-    throw FormatError(format, base_offset + *bad, "JSON is not valid UTF-8 (byte " + std::to_string(*bad) + " of the text)");
+namespace {
+
+template <typename It>
+void run_strict_sax(It first, It last, nlohmann::json_sax<nlohmann::json>& sax, const char* format,
+                    uint64_t base_offset) {
   StrictSax strict(&sax);
   try {
-    if (nlohmann::json::sax_parse(text.begin(), text.end(), &strict, nlohmann::json::input_format_t::json,
+    if (nlohmann::json::sax_parse(std::move(first), std::move(last), &strict, nlohmann::json::input_format_t::json,
                                   /*strict=*/true, /*ignore_comments=*/false))
       return;
   } catch (const Refusal& r) {
@@ -126,6 +129,90 @@ void sax_strict_json(std::string_view text, nlohmann::json_sax<nlohmann::json>& 
   if (!strict.error_) throw FormatError(format, base_offset, "JSON handler stopped the parse");
   if (strict.syntax_) malformed(format, base_offset, strict.error_byte_, *strict.error_);
   out_of_range(format, base_offset, *strict.error_);
+}
+
+constexpr size_t kBlock = 1 << 20;
+
+// Bytes of a source range in blocks, as an input iterator (copies share the position; the end
+// iterator is any one whose reader is done).
+class BlockReader {
+ public:
+  BlockReader(const ByteSource& src, uint64_t offset, uint64_t len, const char* format)
+      : src_(src), offset_(offset), len_(len), format_(format) {}
+  bool done() const { return pos_ >= len_; }
+  char get() {
+    if (pos_ < at_ || pos_ >= at_ + buf_.size()) fill();
+    return buf_[pos_ - at_];
+  }
+  void next() { ++pos_; }
+
+ private:
+  void fill() {
+    at_ = pos_;
+    buf_ = read_exact(src_, offset_ + pos_, static_cast<size_t>(std::min<uint64_t>(kBlock, len_ - pos_)), format_);
+  }
+  const ByteSource& src_;
+  uint64_t offset_, len_, pos_ = 0, at_ = 0;
+  const char* format_;
+  std::string buf_;
+};
+
+struct BlockIterator {
+  using iterator_category = std::input_iterator_tag;
+  using value_type = char;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const char*;
+  using reference = char;
+  BlockReader* r = nullptr;  // null: the end
+  char operator*() const { return r->get(); }
+  BlockIterator& operator++() {
+    r->next();
+    return *this;
+  }
+  bool at_end() const { return !r || r->done(); }
+  bool operator==(const BlockIterator& o) const { return at_end() == o.at_end(); }
+  bool operator!=(const BlockIterator& o) const { return !(*this == o); }
+};
+
+}  // namespace
+
+void sax_strict_json(std::string_view text, nlohmann::json_sax<nlohmann::json>& sax, const char* format,
+                     uint64_t base_offset) {
+  if (auto bad = find_invalid_utf8(text))
+    throw FormatError(format, base_offset + *bad, "JSON is not valid UTF-8 (byte " + std::to_string(*bad) + " of the text)");
+  run_strict_sax(text.begin(), text.end(), sax, format, base_offset);
+}
+
+void sax_strict_json(const ByteSource& src, uint64_t offset, uint64_t len, nlohmann::json_sax<nlohmann::json>& sax,
+                     const char* format, uint64_t base_offset) {
+  BlockReader r(src, offset, len, format);
+  run_strict_sax(BlockIterator{&r}, BlockIterator{}, sax, format, base_offset);
+}
+
+std::optional<uint64_t> find_invalid_utf8(const ByteSource& src, uint64_t offset, uint64_t len) {
+  // A sequence is at most 4 bytes: one refused within the last 3 bytes of a block may only be cut
+  // by the block's end, so those bytes are checked again at the start of the next one.
+  std::string buf;
+  uint64_t at = 0;  // position of buf[0]
+  uint64_t pos = 0;
+  while (pos < len) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kBlock, len - pos));
+    buf += read_exact(src, offset + pos, n, "json");
+    pos += n;
+    const auto bad = find_invalid_utf8(buf);
+    if (!bad) {
+      buf.clear();
+      at = pos;
+      continue;
+    }
+    if (pos < len && *bad + 3 >= buf.size()) {
+      buf.erase(0, *bad);
+      at += *bad;
+      continue;
+    }
+    return at + *bad;
+  }
+  return std::nullopt;
 }
 
 }  // namespace nemofs

@@ -370,7 +370,11 @@ Metadata parse_metadata(const ByteSource& src, bool compact) {
       e.shape = int_tuple(field(v, "size"), [&] { return what + " size"; });
       const Value* chunks = field(v, "chunks");
       if (!chunks || !(chunks->is(Kind::List) || chunks->is(Kind::Tuple))) bad(what + " has no chunks list");
-      std::unordered_multimap<uint64_t, size_t> boxes;  // hash -> index in e.chunks
+      // Replica detection: open addressing over indices into e.chunks (4 bytes a slot, no node
+      // per chunk), at most half full.
+      size_t cap = 16;
+      while (cap < 2 * chunks->items.size()) cap *= 2;
+      std::vector<uint32_t> slots(cap, UINT32_MAX);
       e.chunks.reserve(chunks->items.size());
       for (size_t i = 0; i < chunks->items.size(); ++i) {
         const Value* c = chunks->items[i];
@@ -386,11 +390,19 @@ Metadata parse_metadata(const ByteSource& src, bool compact) {
           ch.box.sizes = int_tuple(field(c, "sizes"), [&] { return cw() + " sizes"; });
         }
         // Replicas written more than once share one storage entry; keep the first.
-        const uint64_t h = box_hash(ch.box);
+        // splitmix64's finalizer: the multiply-only hash's low bits see only the inputs' low bits
+        // (offsets are often multiples of a power of two).
+        uint64_t h = box_hash(ch.box);
+        h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+        size_t slot = static_cast<size_t>(h ^ (h >> 31)) & (cap - 1);
         bool replica = false;
-        for (auto [b, end] = boxes.equal_range(h); b != end && !replica; ++b) {
-          const Box& other = e.chunks[b->second].box;
-          replica = other.offsets == ch.box.offsets && other.sizes == ch.box.sizes;
+        for (; slots[slot] != UINT32_MAX; slot = (slot + 1) & (cap - 1)) {
+          const Box& other = e.chunks[slots[slot]].box;
+          if (other.offsets == ch.box.offsets && other.sizes == ch.box.sizes) {
+            replica = true;
+            break;
+          }
         }
         if (replica) continue;
         const Value* info = storage.find(e.fqn, &ch.box.offsets, i);
@@ -404,7 +416,8 @@ Metadata parse_metadata(const ByteSource& src, bool compact) {
           }() + " has no storage_data entry");
         }
         ch.storage = storage_info(info, recs, cw);
-        boxes.emplace(h, e.chunks.size());
+        if (e.chunks.size() >= UINT32_MAX) bad(what + " has more than 4294967294 chunks");
+        slots[slot] = static_cast<uint32_t>(e.chunks.size());
         e.chunks.push_back(std::move(ch));
       }
       if (mcore && mcore->is(Kind::Dict))

@@ -281,15 +281,12 @@ SafetensorsHeader parse_safetensors(const ByteSource& src) {
                                    std::to_string(file_size) + " bytes)");
   h.data_start = *start;
 
-  {
-    // The text goes as soon as it is parsed: a header near the 100 MB limit is held once.
-    std::string text = read_exact(src, 8, static_cast<size_t>(h.header_len), kFmt);
-    if (auto bad = find_invalid_utf8(text))
-      throw FormatError(kFmt, 8 + *bad, "header is not valid UTF-8");
-    HeaderSax sax(h);
-    sax_strict_json(text, sax, kFmt, 8);
-    sax.finish();
-  }
+  // The header is read in blocks twice (UTF-8 first, as its defect is reported before any other),
+  // never held whole.
+  if (auto bad = find_invalid_utf8(src, 8, h.header_len)) throw FormatError(kFmt, 8 + *bad, "header is not valid UTF-8");
+  HeaderSax sax(h);
+  sax_strict_json(src, 8, h.header_len, sax, kFmt, 8);
+  sax.finish();
 
   // By data_offsets, then name (names are unique: duplicate keys are refused).
   std::sort(h.tensors.begin(), h.tensors.end(), [](const SafetensorsTensor& a, const SafetensorsTensor& b) {
