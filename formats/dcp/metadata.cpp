@@ -296,8 +296,8 @@ Metadata parse_metadata(const ByteSource& src, bool compact) {
     if (compact) limits.compactor = &recs;
     doc = pickle::unpickle(src, 0, limits);
   } catch (const pickle::CompactionConflict&) {
-    // A part of a chunk or storage entry is shared with a later object (single-process saves
-    // share a chunk's offsets with its MetadataIndex): read it again as plain Values.
+    // A later object refers back into a part of a chunk or storage entry (a torch.Size shared
+    // by two objects; torch's writers do not do this): read the file again as plain Values.
     recs.clear();
     doc = pickle::unpickle(src, 0);
   }

@@ -301,7 +301,7 @@ class Arena {
 // The memo stays exact: entries naming the instance name its replacement, memoized strings and
 // numbers made since the mark are copied, and any other memoized part (its state dict, a tuple
 // in it) is marked evicted: a later GET of it throws CompactionConflict, and the caller unpickles
-// again without a compactor (such sharing does not occur in files written by several ranks).
+// again without a compactor (torch's DCP writers do not share such parts).
 class Compactor {
  public:
   virtual ~Compactor() = default;
