@@ -113,9 +113,34 @@ NodeId add_tensor(Tree& tree, NodeId dir, std::string_view key, SourcePtr bytes,
   return id;
 }
 
+namespace {
+
+// Counts what a serialization would write.
+struct CountingOutput final : nlohmann::detail::output_adapter_protocol<char> {
+  size_t n = 0;
+  void write_character(char) override { ++n; }
+  void write_characters(const char*, std::size_t len) override { n += len; }
+};
+
+// json_file_body's bytes, sized by a first pass that writes nothing: a large value (a safetensors
+// __metadata__ near 100 MB) is then held once as text, not through a growing string's doublings.
+std::string sized_json_file_body(const nlohmann::json& value) {
+  using Serializer = nlohmann::detail::serializer<nlohmann::json>;
+  constexpr auto kReplace = nlohmann::json::error_handler_t::replace;
+  auto counter = std::make_shared<CountingOutput>();
+  Serializer(counter, ' ', kReplace).dump(value, true, false, 2);
+  std::string out;
+  out.reserve(counter->n + 1);
+  Serializer(nlohmann::detail::output_adapter<char>(out), ' ', kReplace).dump(value, true, false, 2);
+  out += '\n';
+  return out;
+}
+
+}  // namespace
+
 NodeId add_json(Tree& tree, NodeId dir, std::string_view key, const nlohmann::json& value) {
   std::string name = escape_key(key) + ".json";
-  return tree.add_file(dir, name, std::make_shared<MemorySource>(json_file_body(value), name));
+  return tree.add_file(dir, name, std::make_shared<MemorySource>(sized_json_file_body(value), name));
 }
 
 }  // namespace nemofs

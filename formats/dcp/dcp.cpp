@@ -412,6 +412,7 @@ void build_dcp(Tree& tree, NodeId dir, const FileSet& files) {
     boxes.reserve(e.chunks.size());
     for (const Chunk& c : e.chunks) boxes.push_back(c.box);
     validate_tiling(e.shape, boxes, what);
+    std::vector<Box>().swap(boxes);  // not held beside the chunks built below
     const uint64_t nbytes = tensor_nbytes(*dt, e.shape, kFmt, std::nullopt);
     leaf->sidecar = sidecar_text(e, dt->name, elem, nbytes);
     if (!eager) {

@@ -107,6 +107,7 @@ struct Entry {
 struct Metadata {
   std::vector<Entry> entries;  // state_dict_metadata order
   std::string version;         // "" when absent
+  size_t compacted = 0;        // chunk / storage objects read as compact records (0: all as Values)
 };
 
 constexpr size_t kEagerChunkLimit = 4096;
@@ -115,7 +116,10 @@ constexpr size_t kSidecarChunkLimit = 1024;
 
 // Parses a .metadata pickle. Throws FormatError("dcp", ...) for anything that is not a DCP
 // Metadata (wrong class, missing fields, a chunk without a storage entry, bad dtype).
-Metadata parse_metadata(const ByteSource& src);
+// ChunkStorageMetadata, MetadataIndex and _StorageInfo instances are turned into compact records
+// while the pickle is read (pickle::Compactor: ~1.5 KiB of Values a chunk are never all held);
+// `compact` = false reads them as plain Values (tests compare the two).
+Metadata parse_metadata(const ByteSource& src, bool compact = true);
 
 // The sidecar (`<tensor>.json` body) of a tensor entry whose dtype is `dtype` (safetensors name,
 // elements of elem_bytes) and size nbytes: the keys listed in the header comment.

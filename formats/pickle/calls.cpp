@@ -36,7 +36,9 @@ Value* Machine::encode(const Value* s, const Value* enc) {
 // Evaluates plain-data constructors; every other call is an inert Object.
 Value* Machine::call(Value* callable, Value* args, Value* kwargs, bool newobj) {
   auto inert = [&]() {
+    if (limits_.compactor) open_window(callable);
     Value* o = make(Kind::Object);
+    if (window_) window_obj_ = o;
     o->cls = callable;
     o->tag = callable->is(Kind::Global) ? callable->tag : Tag::Unknown;
     Arena::share(o->items, args->items);

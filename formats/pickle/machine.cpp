@@ -13,6 +13,7 @@ Value* Machine::resolve_global(std::string module, std::string name) {
   // One Value per distinct name, as Python has one object per class.
   std::string cache_key = module + '\n' + name;
   if (auto it = globals_.find(cache_key); it != globals_.end()) return it->second;
+  ++cache_fills_;
   Value* g = resolve_global_uncached(std::move(module), std::move(name));
   globals_.emplace(std::move(cache_key), g);
   return g;
@@ -36,6 +37,7 @@ void Machine::add_items(Value* target, Value* const* items, size_t n) {
   } else if (target->is(Kind::List)) {
     dst = &target->items;
   }
+  touch(target);
   if (!dst && target->is(Kind::Object)) dst = &extra(target).listitems;
   if (!dst)
     fail(std::string(op_name(op_)) + " target is a " + kind_name(target->kind) + ", not a " +
@@ -49,6 +51,7 @@ void Machine::set_items(Value* target, Value* const* kv, size_t n) {
   Seq<Item>* dst = nullptr;
   if (target->is(Kind::Dict) || target->is(Kind::Object)) dst = &target->entries;
   if (!dst) fail(std::string(op_name(op_)) + " target is a " + kind_name(target->kind) + ", not a dict");
+  touch(target);
   for (size_t k = 0; k < n; ++k) nest(target, kv[k]);
   static_assert(sizeof(Item) == 2 * sizeof(Value*));
   // Key/value pairs on the stack have the layout of Items; copied one by one to stay portable.
@@ -59,7 +62,76 @@ void Machine::set_items(Value* target, Value* const* kv, size_t n) {
   }
 }
 
+void Machine::open_window(Value* callable) {
+  window_ = false;
+  if (!limits_.compactor || !callable->is(Kind::Global)) return;
+  if (!limits_.compactor->wants(*callable)) return;
+  window_ = true;
+  window_dirty_ = false;
+  window_mark_ = arena_->mark();
+  window_slot_ = stack_.size();  // where the caller pushes the instance
+  window_low_ = SIZE_MAX;
+  window_fills_ = cache_fills_;
+  window_memo_.clear();
+  window_obj_ = nullptr;  // set by the caller once the instance is made
+}
+
+void Machine::close_window(Value* obj) {
+  window_ = false;
+  if (window_dirty_ || window_fills_ != cache_fills_ || !arena_->can_roll_back(window_mark_) ||
+      window_low_ < window_slot_ + 1 || stack_.size() != window_slot_ + 1 || stack_.back() != obj)
+    return;
+  const int64_t id = limits_.compactor->compact(*obj);
+  if (id < 0) return;
+  // Memo entries stored since the mark: the instance itself, strings and numbers (copied), or a
+  // part that cannot be rebuilt (evicted). Copied before the rollback lets new values overwrite.
+  struct Leaf {
+    uint64_t idx;
+    Value v;
+    std::string text;
+  };
+  std::vector<Leaf> leaves;
+  std::vector<uint64_t> instance;
+  for (uint64_t idx : window_memo_) {
+    Value* v = memo_[idx];
+    if (!v || v == &evicted_ || !arena_->made_since(window_mark_, v)) continue;
+    if (v == obj) {
+      instance.push_back(idx);
+    } else if (!v->extra && (v->is(Kind::Str) || v->is(Kind::Bytes) || v->is(Kind::BigInt) || v->is(Kind::Int) ||
+                             v->is(Kind::Float))) {
+      leaves.push_back(Leaf{idx, *v, std::string(v->str)});
+    } else {
+      memo_[idx] = &evicted_;
+    }
+  }
+  Value* cls = obj->cls;
+  const uint32_t depth = obj->depth;
+  arena_->rollback(window_mark_);
+  Value* r = make(Kind::Object);
+  r->cls = cls;
+  r->tag = Tag::Compacted;
+  r->i = id;
+  r->depth = depth;
+  stack_.back() = r;
+  for (uint64_t idx : instance) memo_[idx] = r;
+  for (Leaf& l : leaves) {
+    Value* v = make(l.v.kind);
+    *v = l.v;
+    v->str = arena_->text(l.text);
+    memo_[l.idx] = v;
+  }
+}
+
 Document Machine::run() {
+  if (limits_.compactor) {
+    // The shared leaves are made up front: one first made inside a compaction window would
+    // otherwise keep that window's values (a cached leaf outlives every window).
+    for (int64_t v = kSmallIntMin; v < kSmallIntEnd; ++v) make_int(v);
+    shared(none_, Kind::None);
+    make_bool(true);
+    make_bool(false);
+    shared(empty_tuple_, Kind::Tuple);
+  }
   while (true) {
     op_at_ = in_.pos();
     if (in_.at_end()) throw FormatError(kFmt, op_at_, "truncated: the stream ends before STOP");
@@ -84,11 +156,11 @@ Document Machine::run() {
         if (marks_.size() > limits_.max_stack) fail("too many MARKs");
         break;
       case Op::POP:
-        if (stack_.size() > frame_base()) stack_.pop_back();
-        else stack_.resize(pop_mark());
+        if (stack_.size() > frame_base()) cut(stack_.size() - 1);
+        else cut(pop_mark());
         break;
       case Op::POP_MARK:
-        stack_.resize(pop_mark());
+        cut(pop_mark());
         break;
       case Op::DUP:
         push(top());
@@ -218,7 +290,7 @@ Document Machine::run() {
         size_t base = pop_mark();
         Value* d = make(Kind::Dict);
         set_items(d, from(base), above(base));
-        stack_.resize(base);
+        cut(base);
         push(d);
         break;
       }
@@ -310,8 +382,10 @@ Document Machine::run() {
           merged->depth = std::max(obj->state->depth, state->depth);
           state = merged;
         }
+        touch(obj);
         nest(obj, state);
         obj->state = state;
+        if (window_ && obj == window_obj_) close_window(obj);
         break;
       }
       case Op::INST: {
@@ -320,7 +394,7 @@ Document Machine::run() {
         size_t base = pop_mark();
         Value* cls = resolve_global(std::move(module), std::move(name));
         Value* args = make_seq(Kind::Tuple, from(base), above(base));
-        stack_.resize(base);
+        cut(base);
         push(call(cls, args, nullptr, false));
         break;
       }
@@ -329,7 +403,7 @@ Document Machine::run() {
         if (above(base) == 0) fail("OBJ needs a class after its MARK");
         Value* cls = stack_[base];
         Value* args = make_seq(Kind::Tuple, from(base) + 1, above(base) - 1);
-        stack_.resize(base);
+        cut(base);
         push(call(cls, args, nullptr, false));
         break;
       }

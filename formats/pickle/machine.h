@@ -154,7 +154,10 @@ class Machine {
   // Immutable leaves (None, bools, small ints, the empty tuple) are made once per stream and
   // shared, as CPython shares them; Arena::size() still counts every use.
   Value* shared(Value*& slot, Kind k) {
-    if (!slot) return slot = make(k);
+    if (!slot) {
+      ++cache_fills_;
+      return slot = make(k);
+    }
     arena_->count_shared();
     return slot;
   }
@@ -163,6 +166,7 @@ class Machine {
       if (small_ints_.empty()) small_ints_.resize(kSmallIntEnd - kSmallIntMin, nullptr);
       Value*& slot = small_ints_[static_cast<size_t>(v - kSmallIntMin)];
       if (!slot) {
+        ++cache_fills_;
         slot = make(Kind::Int);
         slot->i = v;
         return slot;
@@ -203,6 +207,20 @@ class Machine {
     if (!arena_->append(dst, src, n)) fail("container has more than 4294967295 items");
   }
 
+  // Every shrink of the stack goes through here, so a compaction window knows whether the slot
+  // of its instance was ever popped.
+  void cut(size_t n) {
+    stack_.resize(n);
+    if (n < window_low_) window_low_ = n;
+  }
+  // A container made before the open window's mark is changed: what the window made may now be
+  // reachable from it, so the window cannot be freed.
+  void touch(const Value* target) {
+    if (window_ && !arena_->made_since(window_mark_, target)) window_dirty_ = true;
+  }
+  void open_window(Value* callable);
+  void close_window(Value* obj);
+
   void push(Value* v) {
     if (stack_.size() >= limits_.max_stack) fail("stack deeper than " + std::to_string(limits_.max_stack) + " entries");
     stack_.push_back(v);
@@ -217,7 +235,7 @@ class Machine {
   Value* pop() {
     need_stack(1);
     Value* v = stack_.back();
-    stack_.pop_back();
+    cut(stack_.size() - 1);
     return v;
   }
   Value* top() {
@@ -253,13 +271,13 @@ class Machine {
   std::vector<Value*>& take_above_mark() {
     size_t base = pop_mark();
     scratch_.assign(from(base), from(base) + above(base));
-    stack_.resize(base);
+    cut(base);
     return scratch_;
   }
   // Replaces the stack entries from `base` up with one sequence of them.
   void push_seq(Kind k, size_t base) {
     Value* v = make_seq(k, from(base), above(base));
-    stack_.resize(base);
+    cut(base);
     push(v);
   }
   // A new sequence with the same items (they are append-only arrays, so the new one shares them).
@@ -284,10 +302,12 @@ class Machine {
     if (idx >= memo_.size()) memo_.resize(idx + 1, nullptr);
     if (!memo_[idx]) ++memo_count_;
     memo_[idx] = v;
+    if (window_) window_memo_.push_back(idx);
   }
   Value* memo_get(uint64_t idx) {
     if (idx >= memo_.size() || !memo_[idx])
       fail(std::string("memo index ") + std::to_string(idx) + " was never stored (" + op_name(op_) + ")");
+    if (memo_[idx] == &evicted_) throw CompactionConflict();
     return memo_[idx];
   }
 
@@ -337,6 +357,19 @@ class Machine {
   std::unordered_map<std::string, Value*> globals_;
   uint64_t op_at_ = 0;
   Op op_{};
+
+  // Compaction (Limits::compactor): at most one window open, from the making of a wanted
+  // instance to its BUILD.
+  bool window_ = false;
+  bool window_dirty_ = false;
+  Arena::Mark window_mark_{};
+  size_t window_slot_ = 0;        // the stack index the instance was pushed at
+  size_t window_low_ = SIZE_MAX;  // the lowest stack size since the window opened
+  uint64_t window_fills_ = 0;
+  const Value* window_obj_ = nullptr;
+  std::vector<uint64_t> window_memo_;  // memo indices stored since the window opened
+  uint64_t cache_fills_ = 0;           // cached leaves and globals made (they outlive any window)
+  static inline Value evicted_{};      // memo entry of a freed part of a compacted instance
 };
 
 }  // namespace nemofs::pickle::detail

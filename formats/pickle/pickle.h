@@ -89,6 +89,8 @@ enum class Tag : uint8_t {
   TorchDevice, TorchDtype, TypedStorage, UntypedStorage, TorchLayout, TorchQScheme,
   RebuildTensor, RebuildTensorV2, RebuildTensorV3, RebuildParameter, RebuildParameterWithState,
   RebuildFromTypeV2, RebuildOtherTensor,  // qtensor, sparse, nested, meta, wrapper subclass, device
+  // An Object a Compactor replaced by a record of its own (Value::i is the record's id).
+  Compacted,
 };
 
 // Text held by the Arena (valid while the Document lives). A string_view that also converts to
@@ -231,6 +233,26 @@ class Arena {
     dst.cap_ = src.size_;  // an append to dst copies first
   }
 
+  // A position in the arena. rollback(m) frees everything made since m (the memory is reused), as
+  // long as no block was added since; the caller guarantees nothing kept refers to what it frees.
+  struct Mark {
+    size_t blocks, used, vblocks, vused, values;
+  };
+  Mark mark() const { return Mark{blocks_.size(), used_, vblocks_.size(), vused_, values_}; }
+  bool can_roll_back(const Mark& m) const { return blocks_.size() == m.blocks && vblocks_.size() == m.vblocks; }
+  void rollback(const Mark& m) {
+    used_ = m.used;
+    vused_ = m.vused;
+    values_ = m.values;
+  }
+  // v was made since m (only meaningful while can_roll_back(m)).
+  bool made_since(const Mark& m, const Value* v) const {
+    if (vblocks_.empty()) return false;
+    const char* p = reinterpret_cast<const char*>(v);
+    const char* base = vblocks_.back().base;
+    return p >= base + m.vused * sizeof(Value) && p < base + vused_ * sizeof(Value);
+  }
+
   // Number of Values made (a shared leaf counts each time it is used).
   size_t size() const { return values_; }
   void count_shared() { ++values_; }
@@ -269,7 +291,34 @@ class Arena {
   size_t values_ = 0;
 };
 
+// Lets a caller replace instances of some classes by compact records of its own while they are
+// unpickled, so that a pickle of millions of small dataclass instances (a DCP .metadata) is never
+// held whole as Values. When an instance of a wanted class is made (NEWOBJ/REDUCE/INST/OBJ) the
+// machine marks the arena; at the BUILD that completes that instance, compact() turns it into a
+// record. When nothing made since the mark can still be reached (no older container was changed,
+// no cached leaf or global was made, the instance is alone on top of its stack slot), everything
+// made since the mark is freed and the instance becomes a Value of tag Compacted (i = the id).
+// The memo stays exact: entries naming the instance name its replacement, memoized strings and
+// numbers made since the mark are copied, and any other memoized part (its state dict, a tuple
+// in it) is marked evicted: a later GET of it throws CompactionConflict, and the caller unpickles
+// again without a compactor (torch's DCP writers do not share such parts).
+class Compactor {
+ public:
+  virtual ~Compactor() = default;
+  // Whether instances of `cls` (a Global) may be compacted; asked for every instance made.
+  virtual bool wants(const Value& cls) = 0;
+  // `obj` (state set by BUILD) -> the id (>= 0) of the caller's record of it, or -1 to keep it
+  // as Values. Must copy what it keeps: obj and what it refers to may be freed after.
+  virtual int64_t compact(const Value& obj) = 0;
+};
+
+// Thrown by unpickle when a pickle refers again to a part of a compacted instance.
+struct CompactionConflict : std::exception {
+  const char* what() const noexcept override { return "a compacted object is referred to again"; }
+};
+
 struct Limits {
+  Compactor* compactor = nullptr;      // see Compactor
   uint32_t max_depth = 1000;           // container nesting
   size_t max_stack = 1u << 22;         // stack entries (also bounded by the input length)
   size_t max_memo = 1u << 26;          // memo indices (also bounded by the input length)

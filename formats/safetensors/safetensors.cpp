@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <array>
+#include <memory>
+#include <optional>
 #include <set>
 #include <string_view>
 
@@ -23,38 +25,242 @@ constexpr std::array<std::string_view, 22> kReferenceDTypes{
 
 std::string squote(const std::string& s) { return "'" + s + "'"; }
 
-SafetensorsTensor parse_entry(const std::string& name, const nlohmann::json& v) {
-  auto fail = [&](const std::string& what) -> FormatError {
-    return FormatError(kFmt, 8, "tensor " + squote(name) + ": " + what);
-  };
-  if (!v.is_object()) throw fail("entry is not a JSON object");
-  SafetensorsTensor t;
-  t.name = name;
+// The header's tensor list and __metadata__, built straight from the parse events of the header
+// text (sax_strict_json): no JSON tree of the whole header is made, so a header near the 100 MB
+// limit is held once, as text, while it is read (plus its longest string once, moved out of the
+// lexer into __metadata__). A defect of an entry or of __metadata__ is kept rather than thrown, so
+// that malformed text is reported first, as the whole-tree parse did, and of several defects the
+// one of the first key in byte order is reported (the order that tree's walk had); within an entry
+// the checks run in the order below (dtype, shape, data_offsets), whatever the order of its fields.
+class HeaderSax final : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  explicit HeaderSax(SafetensorsHeader& h) : h_(h) {}
 
-  auto dt = v.find("dtype");
-  if (dt == v.end()) throw fail("no \"dtype\"");
-  if (!dt->is_string()) throw fail("\"dtype\" is not a string");
-  t.dtype = dt->get<std::string>();
-  if (std::find(kReferenceDTypes.begin(), kReferenceDTypes.end(), t.dtype) == kReferenceDTypes.end() ||
-      !dtype_by_name(t.dtype))
-    throw fail("unknown dtype " + squote(t.dtype));
-
-  auto sh = v.find("shape");
-  if (sh == v.end()) throw fail("no \"shape\"");
-  if (!sh->is_array()) throw fail("\"shape\" is not an array");
-  for (const auto& d : *sh) {
-    if (!d.is_number_unsigned()) throw fail("shape entry " + d.dump() + " is not a non-negative integer");
-    t.shape.push_back(d.get<uint64_t>());
+  // After a complete parse: the kept defect, if any.
+  void finish() {
+    if (!top_type_.empty())
+      throw FormatError(kFmt, 8, "header is not a JSON object (it is a JSON " + top_type_ + ")");
+    if (error_) throw FormatError(kFmt, 8, *error_);
   }
 
-  auto off = v.find("data_offsets");
-  if (off == v.end()) throw fail("no \"data_offsets\"");
-  if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned())
-    throw fail("\"data_offsets\" is not a pair of non-negative integers");
-  t.begin = (*off)[0].get<uint64_t>();
-  t.end = (*off)[1].get<uint64_t>();
-  return t;
-}
+  bool null() override {
+    place(Ty::Null);
+    if (capture_) capture_->null();
+    return scalar_done();
+  }
+  bool boolean(bool v) override {
+    place(Ty::Bool);
+    if (capture_) capture_->boolean(v);
+    return scalar_done();
+  }
+  bool number_integer(number_integer_t v) override {
+    place(Ty::Int);
+    if (capture_) capture_->number_integer(v);
+    return scalar_done();
+  }
+  bool number_unsigned(number_unsigned_t v) override {
+    place(Ty::Unsigned, v);
+    if (capture_) capture_->number_unsigned(v);
+    return scalar_done();
+  }
+  bool number_float(number_float_t v, const string_t& text) override {
+    place(Ty::Float);
+    if (capture_) capture_->number_float(v, text);
+    return scalar_done();
+  }
+  bool string(string_t& v) override {
+    place(Ty::String, 0, &v);
+    if (capture_) capture_->string(v);
+    return scalar_done();
+  }
+  bool binary(binary_t&) override {
+    place(Ty::Binary);
+    return scalar_done();
+  }
+  bool start_object(std::size_t) override { return open(Ty::Object); }
+  bool start_array(std::size_t) override { return open(Ty::Array); }
+  bool key(string_t& k) override {
+    if (capture_) capture_->key(k);
+    if (in_.size() == 1) top_key_ = std::move(k);
+    else if (in_.size() == 2) member_ = std::move(k);
+    return true;
+  }
+  bool end_object() override { return close(true); }
+  bool end_array() override { return close(false); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+
+ private:
+  enum class Ty { Null, Bool, Int, Unsigned, Float, String, Binary, Object, Array };
+  enum class In { None, Top, Meta, Entry, Shape, Offsets, Skip };
+  enum class Field { Absent, Wrong, Ok };
+  struct Entry {
+    Field dtype = Field::Absent, shape = Field::Absent, offsets = Field::Absent;
+    std::string dtype_name;
+    std::vector<uint64_t> dims;
+    std::optional<std::string> bad_dim;  // dump of the first shape entry that is not a non-negative integer
+    uint64_t off[2] = {0, 0};
+    size_t noff = 0;
+  };
+
+  static const char* type_name(Ty t) {
+    switch (t) {
+      case Ty::Null: return "null";
+      case Ty::Bool: return "boolean";
+      case Ty::String: return "string";
+      case Ty::Binary: return "binary";
+      case Ty::Object: return "object";
+      case Ty::Array: return "array";
+      default: return "number";
+    }
+  }
+
+  // Keeps the defect of the first key in byte order.
+  void defect(const std::string& key, std::string msg) {
+    if (!error_ || key < error_key_) {
+      error_key_ = key;
+      error_ = std::move(msg);
+    }
+  }
+  void entry_defect(const std::string& what) { defect(top_key_, "tensor " + squote(top_key_) + ": " + what); }
+
+  // A value starts (a scalar, or a container whose contents follow) inside the innermost open
+  // container `in_.back()`; returns what the new container's contents are.
+  In place(Ty t, uint64_t u = 0, string_t* str = nullptr) {
+    const In where = in_.empty() ? In::None : in_.back();
+    switch (where) {
+      case In::None:
+        if (t == Ty::Object) return In::Top;
+        top_type_ = type_name(t);
+        return In::Skip;
+      case In::Top:
+        if (top_key_ == "__metadata__") {
+          if (t == Ty::Object) {
+            meta_ = nlohmann::json::object();
+            meta_bad_.reset();
+            return In::Meta;
+          }
+          defect(top_key_, "__metadata__ is not a JSON object");
+          return In::Skip;
+        }
+        if (t == Ty::Object) {
+          entry_ = Entry();
+          return In::Entry;
+        }
+        entry_defect("entry is not a JSON object");
+        return In::Skip;
+      case In::Meta:
+        if (t == Ty::String) {
+          meta_[member_] = std::move(*str);
+        } else if (!meta_bad_ || member_ < *meta_bad_) {
+          meta_bad_ = member_;
+        }
+        return In::Skip;
+      case In::Entry:
+        if (member_ == "dtype") {
+          entry_.dtype = t == Ty::String ? Field::Ok : Field::Wrong;
+          if (str) entry_.dtype_name = std::move(*str);
+        } else if (member_ == "shape") {
+          entry_.shape = t == Ty::Array ? Field::Ok : Field::Wrong;
+          if (t == Ty::Array) return In::Shape;
+        } else if (member_ == "data_offsets") {
+          entry_.offsets = t == Ty::Array ? Field::Ok : Field::Wrong;
+          if (t == Ty::Array) return In::Offsets;
+        }
+        return In::Skip;  // unknown fields are ignored, as the reference reader does
+      case In::Shape:
+        if (entry_.bad_dim) return In::Skip;
+        if (t == Ty::Unsigned) {
+          entry_.dims.push_back(u);
+          return In::Skip;
+        }
+        // The message shows the value as JSON: built by nlohmann's own tree builder, once.
+        dim_ = nlohmann::json();
+        capture_ = std::make_unique<nlohmann::detail::json_sax_dom_parser<nlohmann::json>>(dim_, false);
+        capture_depth_ = in_.size();
+        return In::Skip;
+      case In::Offsets:
+        if (t != Ty::Unsigned || entry_.noff >= 2) entry_.offsets = Field::Wrong;
+        else entry_.off[entry_.noff] = u;
+        ++entry_.noff;
+        return In::Skip;
+      case In::Skip:
+        return In::Skip;
+    }
+    return In::Skip;
+  }
+
+  bool scalar_done() {
+    if (capture_ && in_.size() == capture_depth_) end_capture();
+    return true;
+  }
+  bool open(Ty t) {
+    const In c = place(t);
+    if (capture_) {
+      if (t == Ty::Object) capture_->start_object(static_cast<std::size_t>(-1));
+      else capture_->start_array(static_cast<std::size_t>(-1));
+    }
+    in_.push_back(c);
+    return true;
+  }
+  bool close(bool object) {
+    const In c = in_.back();
+    in_.pop_back();
+    if (capture_) {
+      if (object) capture_->end_object();
+      else capture_->end_array();
+      if (in_.size() == capture_depth_) end_capture();
+    }
+    if (c == In::Meta) {
+      if (meta_bad_) defect(top_key_, "__metadata__ value of " + squote(*meta_bad_) + " is not a string");
+      else h_.metadata = std::move(meta_);
+    } else if (c == In::Offsets) {
+      if (entry_.noff != 2) entry_.offsets = Field::Wrong;
+    } else if (c == In::Entry) {
+      finish_entry();
+    }
+    return true;
+  }
+
+  void end_capture() {
+    entry_.bad_dim = dim_.dump();
+    capture_.reset();
+  }
+
+  void finish_entry() {
+    Entry& e = entry_;
+    if (e.dtype == Field::Absent) return entry_defect("no \"dtype\"");
+    if (e.dtype == Field::Wrong) return entry_defect("\"dtype\" is not a string");
+    if (std::find(kReferenceDTypes.begin(), kReferenceDTypes.end(), e.dtype_name) == kReferenceDTypes.end() ||
+        !dtype_by_name(e.dtype_name))
+      return entry_defect("unknown dtype " + squote(e.dtype_name));
+    if (e.shape == Field::Absent) return entry_defect("no \"shape\"");
+    if (e.shape == Field::Wrong) return entry_defect("\"shape\" is not an array");
+    if (e.bad_dim) return entry_defect("shape entry " + *e.bad_dim + " is not a non-negative integer");
+    if (e.offsets == Field::Absent) return entry_defect("no \"data_offsets\"");
+    if (e.offsets == Field::Wrong) return entry_defect("\"data_offsets\" is not a pair of non-negative integers");
+    if (error_) return;  // a defect is reported anyway: keep nothing more
+    SafetensorsTensor t;
+    t.name = top_key_;
+    t.dtype = std::move(e.dtype_name);
+    t.shape = std::move(e.dims);
+    t.begin = e.off[0];
+    t.end = e.off[1];
+    h_.tensors.push_back(std::move(t));
+  }
+
+  SafetensorsHeader& h_;
+  std::vector<In> in_;  // one per open container
+  std::string top_key_, member_;
+  std::string top_type_;  // set when the header is not an object
+  nlohmann::json meta_;
+  std::optional<std::string> meta_bad_;
+  Entry entry_;
+  std::unique_ptr<nlohmann::detail::json_sax_dom_parser<nlohmann::json>> capture_;
+  size_t capture_depth_ = 0;
+  nlohmann::json dim_;
+  std::optional<std::string> error_;
+  std::string error_key_;
+};
 
 }  // namespace
 
@@ -75,31 +281,16 @@ SafetensorsHeader parse_safetensors(const ByteSource& src) {
                                    std::to_string(file_size) + " bytes)");
   h.data_start = *start;
 
-  nlohmann::json doc;
-  {
-    // The text goes as soon as it is parsed: a header near the 100 MB limit is held once, not twice.
-    std::string text = read_exact(src, 8, static_cast<size_t>(h.header_len), kFmt);
-    if (auto bad = find_invalid_utf8(text))
-      throw FormatError(kFmt, 8 + *bad, "header is not valid UTF-8");
-    doc = parse_strict_json(text, kFmt, 8);
-  }
-  if (!doc.is_object()) throw FormatError(kFmt, 8, "header is not a JSON object (it is a JSON " + std::string(doc.type_name()) + ")");
+  // The header is read in blocks twice (UTF-8 first, as its defect is reported before any other),
+  // never held whole.
+  if (auto bad = find_invalid_utf8(src, 8, h.header_len)) throw FormatError(kFmt, 8 + *bad, "header is not valid UTF-8");
+  HeaderSax sax(h);
+  sax_strict_json(src, 8, h.header_len, sax, kFmt, 8);
+  sax.finish();
 
-  for (auto it = doc.begin(); it != doc.end(); ++it) {
-    if (it.key() == "__metadata__") {
-      auto& m = it.value();
-      if (!m.is_object()) throw FormatError(kFmt, 8, "__metadata__ is not a JSON object");
-      for (auto mi = m.begin(); mi != m.end(); ++mi)
-        if (!mi.value().is_string())
-          throw FormatError(kFmt, 8, "__metadata__ value of " + squote(mi.key()) + " is not a string");
-      h.metadata = std::move(m);
-      continue;
-    }
-    h.tensors.push_back(parse_entry(it.key(), it.value()));
-  }
-
-  std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const SafetensorsTensor& a, const SafetensorsTensor& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  // By data_offsets, then name (names are unique: duplicate keys are refused).
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const SafetensorsTensor& a, const SafetensorsTensor& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end != b.end ? a.end < b.end : a.name < b.name;
   });
   uint64_t expected = 0;
   for (size_t i = 0; i < h.tensors.size(); ++i) {

@@ -353,3 +353,53 @@ TEST(DcpMetadata, StridedChunksAndBytesEntries) {
   EXPECT_EQ(side.at("dtype"), "I32");
   EXPECT_EQ(side.at("fqn"), "layers.0.w");
 }
+
+namespace {
+
+void expect_same_metadata(const dcp::Metadata& a, const dcp::Metadata& b, const std::string& what) {
+  ASSERT_EQ(a.entries.size(), b.entries.size()) << what;
+  EXPECT_EQ(a.version, b.version) << what;
+  for (size_t i = 0; i < a.entries.size(); ++i) {
+    const dcp::Entry& x = a.entries[i];
+    const dcp::Entry& y = b.entries[i];
+    EXPECT_EQ(x.fqn, y.fqn) << what;
+    EXPECT_EQ(x.is_tensor, y.is_tensor) << what << " " << x.fqn;
+    EXPECT_EQ(x.torch_dtype, y.torch_dtype) << what << " " << x.fqn;
+    EXPECT_EQ(x.shape, y.shape) << what << " " << x.fqn;
+    EXPECT_EQ(x.storage.file, y.storage.file) << what << " " << x.fqn;
+    EXPECT_EQ(x.storage.offset, y.storage.offset) << what << " " << x.fqn;
+    EXPECT_EQ(x.storage.length, y.storage.length) << what << " " << x.fqn;
+    EXPECT_EQ(x.storage.transforms, y.storage.transforms) << what << " " << x.fqn;
+    EXPECT_EQ(x.path.size(), y.path.size()) << what << " " << x.fqn;
+    EXPECT_EQ(x.mcore_orig_shape, y.mcore_orig_shape) << what << " " << x.fqn;
+    ASSERT_EQ(x.chunks.size(), y.chunks.size()) << what << " " << x.fqn;
+    for (size_t c = 0; c < x.chunks.size(); ++c) {
+      EXPECT_EQ(x.chunks[c].box.offsets, y.chunks[c].box.offsets) << what << " " << x.fqn << " chunk " << c;
+      EXPECT_EQ(x.chunks[c].box.sizes, y.chunks[c].box.sizes) << what << " " << x.fqn << " chunk " << c;
+      EXPECT_EQ(x.chunks[c].storage.file, y.chunks[c].storage.file) << what << " " << x.fqn << " chunk " << c;
+      EXPECT_EQ(x.chunks[c].storage.offset, y.chunks[c].storage.offset) << what << " " << x.fqn << " chunk " << c;
+      EXPECT_EQ(x.chunks[c].storage.length, y.chunks[c].storage.length) << what << " " << x.fqn << " chunk " << c;
+    }
+  }
+}
+
+}  // namespace
+
+TEST(DcpMetadata, CompactRecordsReadLikePlainValues) {
+  // The real fixtures (torch's own pickles) and a many-chunk metadata of the test writer, each
+  // read both ways: compacted (every chunk and storage entry but the few whose window first
+  // resolves a class) and as plain values.
+  for (const char* f : {"dcp/sharded_1d", "dcp/sharded_2d", "dcp/fsdp2_adam", "dcp/single"}) {
+    FileSource src(data_path(std::string("real/") + f + "/.metadata"));
+    dcp::Metadata compact = dcp::parse_metadata(src);
+    EXPECT_GT(compact.compacted, 40u) << f;
+    expect_same_metadata(compact, dcp::parse_metadata(src, false), f);
+    EXPECT_EQ(dcp::parse_metadata(src, false).compacted, 0u);
+  }
+  TempDir d;
+  many_tensor_shards(d, 3, 500);
+  FileSource src(d.path() + "/.metadata");
+  dcp::Metadata compact = dcp::parse_metadata(src);
+  EXPECT_GT(compact.compacted, 2900u);  // 1500 chunks + 1500 storage keys + 1500 infos, less a few
+  expect_same_metadata(compact, dcp::parse_metadata(src, false), "writer");
+}

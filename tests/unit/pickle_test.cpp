@@ -407,3 +407,109 @@ TEST(PickleDefects, MutatedInputsNeverCrash) {
   EXPECT_GT(refused, 0);
   EXPECT_EQ(ok + refused, 20000);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Compactor: instances replaced by records while unpickling; the memo stays exact.
+
+namespace {
+
+struct ChunkCompactor : Compactor {
+  std::vector<std::pair<int64_t, int64_t>> recs;  // offsets[0], sizes[0]
+  bool wants(const Value& cls) override { return cls.name() == "Chunk"; }
+  int64_t compact(const Value& obj) override {
+    const Value* st = obj.state;
+    if (!st || !st->is(Kind::Dict)) return -1;
+    const Value* o = st->get("offsets");
+    const Value* s = st->get("sizes");
+    if (!o || !s || !o->is(Kind::Tuple) || !s->is(Kind::Tuple) || o->items.size() != 1 || s->items.size() != 1)
+      return -1;
+    recs.emplace_back(o->items[0]->i, s->items[0]->i);
+    return static_cast<int64_t>(recs.size() - 1);
+  }
+};
+
+Document unpickle_compacting(const std::string& bytes, ChunkCompactor& c) {
+  Limits l;
+  l.compactor = &c;
+  return unpickle(bytes, l);
+}
+
+}  // namespace
+
+TEST(PickleCompactor, SharedInstanceAndStringsMadeInItsWindowStayExact) {
+  // python3: c = Chunk(offsets=(5000,), sizes=(7000,)); pickle.dumps({'list': [c, c, c],
+  // 'name': 'offsets'}, 2): the instance is fetched twice from the memo, and the string 'offsets'
+  // (first made inside the instance's state) once more after it.
+  const std::string a(
+      "\x80\x02\x7d\x71\x00\x28\x58\x04\x00\x00\x00\x6c\x69\x73\x74\x71\x01\x5d\x71\x02\x28\x63\x6d\x0a\x43\x68\x75"
+      "\x6e\x6b\x0a\x71\x03\x29\x81\x71\x04\x7d\x71\x05\x28\x58\x07\x00\x00\x00\x6f\x66\x66\x73\x65\x74\x73\x71\x06"
+      "\x4d\x88\x13\x85\x71\x07\x58\x05\x00\x00\x00\x73\x69\x7a\x65\x73\x71\x08\x4d\x58\x1b\x85\x71\x09\x75\x62\x68"
+      "\x04\x68\x04\x65\x58\x04\x00\x00\x00\x6e\x61\x6d\x65\x71\x0a\x68\x06\x75\x2e",
+      100);
+  ChunkCompactor c;
+  auto doc = unpickle_compacting(a, c);
+  ASSERT_EQ(c.recs.size(), 1u);
+  EXPECT_EQ(c.recs[0], std::make_pair(int64_t{5000}, int64_t{7000}));
+  const Value* list = doc.root->get("list");
+  ASSERT_TRUE(list && list->is(Kind::List));
+  ASSERT_EQ(list->items.size(), 3u);
+  for (const Value* x : list->items) {
+    EXPECT_EQ(x, list->items[0]);
+    EXPECT_EQ(x->tag, Tag::Compacted);
+    EXPECT_EQ(x->i, 0);
+    EXPECT_EQ(x->qualified_name(), "m.Chunk");
+  }
+  const Value* name = doc.root->get("name");
+  ASSERT_TRUE(name && name->is(Kind::Str));
+  EXPECT_EQ(std::string(name->str), "offsets");
+  // Without a compactor: the same document as plain values.
+  EXPECT_EQ(load(a)["name"], "offsets");
+}
+
+TEST(PickleCompactor, ReferringAgainToAFreedPartIsAConflict) {
+  // t = (5000,); c = Chunk(offsets=t, sizes=(7000,)); pickle.dumps([c, t], 2)
+  const std::string b(
+      "\x80\x02\x5d\x71\x00\x28\x63\x6d\x0a\x43\x68\x75\x6e\x6b\x0a\x71\x01\x29\x81\x71\x02\x7d\x71\x03\x28\x58\x07"
+      "\x00\x00\x00\x6f\x66\x66\x73\x65\x74\x73\x71\x04\x4d\x88\x13\x85\x71\x05\x58\x05\x00\x00\x00\x73\x69\x7a\x65"
+      "\x73\x71\x06\x4d\x58\x1b\x85\x71\x07\x75\x62\x68\x05\x65\x2e",
+      69);
+  ChunkCompactor c;
+  EXPECT_THROW(unpickle_compacting(b, c), CompactionConflict);
+  EXPECT_EQ(load(b)[1], J::array({5000}));
+}
+
+TEST(PickleCompactor, AnOlderContainerChangedInTheWindowKeepsTheValues) {
+  // L = []; c = Chunk(); L.append(5000) between c's NEWOBJ and its BUILD; then L.append(c):
+  // freeing the window would free the 5000 that L now holds.
+  PB p;
+  p.proto(2).op(']').op('q').u8(0).global("m", "Chunk").op(')').op(0x81);
+  p.op('h').u8(0).op('M').le(5000, 2).op('a').op('0');
+  p.op('}').binunicode("offsets").op('M').le(5000, 2).op(0x85).op('s');
+  p.binunicode("sizes").op('M').le(7000, 2).op(0x85).op('s').op('b');
+  p.op('a').stop();
+  ChunkCompactor c;
+  auto doc = unpickle_compacting(p.s, c);
+  EXPECT_TRUE(c.recs.empty());
+  ASSERT_EQ(doc.root->items.size(), 2u);
+  EXPECT_TRUE(doc.root->items[0]->is(Kind::Int));
+  EXPECT_EQ(doc.root->items[0]->i, 5000);
+  EXPECT_NE(doc.root->items[1]->tag, Tag::Compacted);
+  EXPECT_EQ(to_json(*doc.root)[1]["state"]["sizes"], J::array({7000}));
+}
+
+TEST(PickleCompactor, AGlobalFirstMadeInTheWindowKeepsTheValues) {
+  // c = Chunk(offsets=(5000,), sizes=(7000,), kind=G); pickle.dumps([c, G], 2): the global m.G
+  // is first resolved (and cached for the whole stream) inside c's window.
+  const std::string d(
+      "\x80\x02\x5d\x71\x00\x28\x63\x6d\x0a\x43\x68\x75\x6e\x6b\x0a\x71\x01\x29\x81\x71\x02\x7d\x71\x03\x28\x58\x07"
+      "\x00\x00\x00\x6f\x66\x66\x73\x65\x74\x73\x71\x04\x4d\x88\x13\x85\x71\x05\x58\x05\x00\x00\x00\x73\x69\x7a\x65"
+      "\x73\x71\x06\x4d\x58\x1b\x85\x71\x07\x58\x04\x00\x00\x00\x6b\x69\x6e\x64\x71\x08\x63\x6d\x0a\x47\x0a\x71\x09"
+      "\x75\x62\x68\x09\x65\x2e",
+      87);
+  ChunkCompactor c;
+  auto doc = unpickle_compacting(d, c);
+  EXPECT_TRUE(c.recs.empty());
+  ASSERT_EQ(doc.root->items.size(), 2u);
+  EXPECT_TRUE(doc.root->items[1]->is_global("m", "G"));
+  EXPECT_EQ(to_json(*doc.root), load(d));
+}

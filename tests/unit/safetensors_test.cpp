@@ -222,3 +222,26 @@ TEST(SafetensorsDefects, TruncationsOfTheFixtureAreRefused) {
   }
   EXPECT_NO_THROW(build(zoo));
 }
+
+TEST(Safetensors, HeaderReadInBlocksKeepsSequencesCutByABlockEnd) {
+  // The header is read (for UTF-8, then for JSON) in 1 MiB blocks: a 4-byte character across the
+  // first block end is text like any other, and a bad byte right after it is found at its offset.
+  const size_t kBlock = 1 << 20;
+  const std::string pre = R"({"__metadata__":{"k":")";
+  const std::string emoji = "\xF0\x9F\x98\x80";
+  const std::string fill(kBlock - pre.size() - 2, 'x');  // the emoji starts 2 bytes before the block end
+  const std::string rest = R"(y"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  {
+    Tree t = build(st_file(pre + fill + emoji + rest, kData.substr(0, 8)));
+    auto meta = nlohmann::json::parse(read_all(t, "__metadata__.json"));
+    EXPECT_EQ(meta["k"].get<std::string>(), fill + emoji + "y");
+    EXPECT_EQ(read_all(t, "a"), kData.substr(0, 8));
+  }
+  try {
+    build(st_file(pre + fill + emoji + "\xC3" + rest, kData.substr(0, 8)));
+    FAIL() << "accepted";
+  } catch (const FormatError& e) {
+    EXPECT_EQ(e.offset(), 8 + pre.size() + fill.size() + emoji.size());
+    EXPECT_NE(std::string(e.what()).find("header is not valid UTF-8"), std::string::npos) << e.what();
+  }
+}
