@@ -184,7 +184,7 @@ std::shared_ptr<FolderBackend::View> FolderBackend::ensure_built(const std::shar
   v->slot = slot.get();
   v->identity = std::move(id);
   try {
-    v->cp = open_checkpoint(path);
+    v->cp = open_checkpoint(path, /*writable=*/false);  // a view: read-only
   } catch (const std::bad_alloc&) {
     throw;
   } catch (const std::exception& e) {
