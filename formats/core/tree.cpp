@@ -28,7 +28,7 @@ NodeId Tree::append(NodeId parent, std::string name, NodeType type, SourcePtr da
   n.parent = parent;
   n.data = std::move(data);
   nodes_.push_back(std::move(n));
-  nodes_[parent].children.emplace(std::move(name), id);
+  nodes_[parent].children.mut().emplace(std::move(name), id);
   return id;
 }
 

@@ -131,12 +131,13 @@ namespace {
 }
 
 void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nested,
-                std::vector<std::string>* warnings = nullptr, std::shared_ptr<void>* keep = nullptr) {
+                std::vector<std::string>* warnings = nullptr, std::shared_ptr<void>* keep = nullptr,
+                bool keep_tar_index = true) {
   switch (f) {
     case Format::Tar:
       if (nested) throw FormatError("nemo", "a tar archive inside a checkpoint is not shown as tensors");
       {
-        auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, src));
+        auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, src, keep_tar_index));
         if (warnings) *warnings = nemo->warnings;
         if (keep) *keep = nemo;
       }
@@ -158,7 +159,7 @@ void build_file(Format f, Tree& tree, NodeId dir, const SourcePtr& src, bool nes
       const auto* file = dynamic_cast<const FileSource*>(src.get());
       // A remote object has no path, but a cache identity: its index is cached by that.
       auto gz = open_gzip(src, file ? file->path() : src->cache_identity() ? src->describe() : std::string());
-      auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, gz));
+      auto nemo = std::make_shared<NemoArchive>(build_nemo(tree, gz, keep_tar_index));
       // Bytes after the last gzip member (index.h): `gzip -d` and `tar xzf` read on with a warning;
       // so does a mount, but only when the tar inside ended with its end-of-archive blocks. Without
       // them the archive may be cut short and the bytes after it part of what is missing.
@@ -197,7 +198,7 @@ void build_dir(Format f, Tree& tree, NodeId dir, const FileSet& files, std::vect
 
 }  // namespace
 
-Checkpoint open_checkpoint(const std::string& path) {
+Checkpoint open_checkpoint(const std::string& path, bool writable) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw SysError(errno, path + ": " + std::strerror(errno));
   Checkpoint cp;
@@ -214,8 +215,8 @@ Checkpoint open_checkpoint(const std::string& path) {
   if (cp.format == Format::Unknown)
     throw FormatError("detect", std::optional<uint64_t>(0), "not a checkpoint nemofs knows (not a tar/.nemo, safetensors, torch zip, legacy torch file or gzip .nemo)");
   cp.keepalive = src;
-  build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive);
-  cp.writable_candidate = cp.format == Format::Tar || cp.format == Format::GzipTar;
+  build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive, writable);
+  cp.writable_candidate = writable && (cp.format == Format::Tar || cp.format == Format::GzipTar);
   return cp;
 }
 
@@ -225,7 +226,7 @@ Checkpoint open_checkpoint_source(const SourcePtr& src) {
   if (cp.format == Format::Unknown)
     throw FormatError("detect", std::optional<uint64_t>(0), "not a checkpoint nemofs knows (not a tar/.nemo, safetensors, torch zip, legacy torch file or gzip .nemo)");
   cp.keepalive = std::const_pointer_cast<ByteSource>(src);
-  build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive);
+  build_file(cp.format, cp.tree, Tree::kRoot, src, false, &cp.warnings, &cp.keepalive, /*keep_tar_index=*/false);
   return cp;
 }
 

@@ -64,13 +64,16 @@ Format sniff_dir_path(const std::string& path);
 struct Checkpoint {
   Format format = Format::Unknown;
   Tree tree;
-  bool writable_candidate = false;  // true for a .nemo, plain or gzip tar (the writable overlay may attach)
+  bool writable_candidate = false;  // a .nemo, plain or gzip tar, opened writable (the writable overlay may attach)
   std::shared_ptr<void> keepalive;  // format-specific state (NemoArchive for .nemo) that must outlive the tree
   std::vector<std::string> warnings;  // things not shown, views that could not be built
 };
 
 // Opens a file or directory and builds its validated tree. Throws FormatError / SysError.
-Checkpoint open_checkpoint(const std::string& path);
+// `writable`: the caller may mount it writable, so a .nemo keeps its whole tar index (fs/edit
+// needs it); without it (inspect, `-o ro`, views) the index is not kept (issue 19: memory) and
+// the checkpoint is never a writable_candidate.
+Checkpoint open_checkpoint(const std::string& path, bool writable = true);
 
 // The same for a file's bytes from elsewhere (a remote object) and for a set of files that is not a
 // folder on disk (a remote prefix or repository: a DCP or Hugging Face folder). Never writable.

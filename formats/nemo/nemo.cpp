@@ -93,55 +93,81 @@ void add_checkpoint_views(Tree& tree, std::vector<std::string>& warnings) {
   }
 }
 
-NemoArchive build_nemo(Tree& tree, const SourcePtr& archive) {
+std::optional<size_t> NemoArchive::entry_of(const Tree& tree, std::string_view path) const {
+  auto id = tree.resolve(path);
+  if (!id || *id == Tree::kRoot || *id >= entry_of_node.size() || entry_of_node[*id] == kNoEntry) return std::nullopt;
+  return entry_of_node[*id];
+}
+
+namespace {
+
+// One entry of the index into the tree (links and special members become warnings).
+void add_member(Tree& tree, const SourcePtr& archive, const TarEntry& e, size_t i, NemoArchive& nemo, bool keep_index) {
+  std::string path = normalize_member_name(e.name, e.header_offset);
+  if (e.type == TarType::Symlink || e.type == TarType::Hardlink) {
+    nemo.warnings.push_back(e.name + ": link member not shown");
+    return;
+  }
+  if (e.type == TarType::Other) {
+    nemo.warnings.push_back(e.name + ": special member (type '" + std::string(1, e.typeflag) + "') not shown");
+    return;
+  }
+  if (e.mtime_clamped)
+    nemo.warnings.push_back(e.name + ": mtime out of range (negative or past year 2262), shown as " + std::to_string(e.mtime));
+  if (path.empty()) {
+    if (e.type != TarType::Dir) throw FormatError("nemo", e.header_offset, "a non-directory member named '" + e.name + "'");
+    tree.mutable_node(Tree::kRoot).mode = e.mode;
+    tree.mutable_node(Tree::kRoot).mtime = e.mtime;
+    return;
+  }
+  size_t slash = path.rfind('/');
+  NodeId parent = slash == std::string::npos ? Tree::kRoot : tree.mkdirs(std::string_view(path).substr(0, slash));
+  std::string leaf = slash == std::string::npos ? path : path.substr(slash + 1);
+  NodeId id;
+  if (e.type == TarType::Dir) {
+    auto existing = tree.lookup(parent, leaf);
+    if (existing && tree.node(*existing).type == NodeType::File)
+      throw FormatError("nemo", e.header_offset, "'" + path + "' is both a file and a folder in the archive");
+    id = tree.add_dir(parent, std::move(leaf));
+  } else {
+    auto existing = tree.lookup(parent, leaf);
+    if (existing && tree.node(*existing).type == NodeType::Dir)
+      throw FormatError("nemo", e.header_offset, "'" + path + "' is both a folder and a file in the archive");
+    SourcePtr data = make_sub(archive, e.data_offset, e.stored_size, path);
+    if (e.sparse) {
+      std::vector<SparseSource::Extent> ext;
+      ext.reserve(e.regions().size());
+      for (const auto& r : e.regions()) ext.push_back({r.offset, r.length});
+      data = std::make_shared<SparseSource>(std::move(data), ext, e.size, path);
+    }
+    id = tree.add_file(parent, std::move(leaf), std::move(data), /*replace=*/true);
+  }
+  tree.mutable_node(id).mode = e.mode;
+  tree.mutable_node(id).mtime = e.mtime;
+  if (keep_index) {
+    if (nemo.entry_of_node.size() <= id) nemo.entry_of_node.resize(id + 1, NemoArchive::kNoEntry);
+    nemo.entry_of_node[id] = static_cast<uint32_t>(i);
+  }
+}
+
+}  // namespace
+
+NemoArchive build_nemo(Tree& tree, const SourcePtr& archive, bool keep_index) {
   NemoArchive nemo;
   nemo.archive = archive;
-  nemo.index = index_tar(*archive);
-  const auto& entries = nemo.index.entries;
-  for (size_t i = 0; i < entries.size(); ++i) {
-    const TarEntry& e = entries[i];
-    std::string path = normalize_member_name(e.name, e.header_offset);
-    if (e.type == TarType::Symlink || e.type == TarType::Hardlink) {
-      nemo.warnings.push_back(e.name + ": link member not shown");
-      continue;
-    }
-    if (e.type == TarType::Other) {
-      nemo.warnings.push_back(e.name + ": special member (type '" + std::string(1, e.typeflag) + "') not shown");
-      continue;
-    }
-    if (e.mtime_clamped)
-      nemo.warnings.push_back(e.name + ": mtime out of range (negative or past year 2262), shown as " + std::to_string(e.mtime));
-    if (path.empty()) {
-      if (e.type != TarType::Dir) throw FormatError("nemo", e.header_offset, "a non-directory member named '" + e.name + "'");
-      tree.mutable_node(Tree::kRoot).mode = e.mode;
-      tree.mutable_node(Tree::kRoot).mtime = e.mtime;
-      continue;
-    }
-    size_t slash = path.rfind('/');
-    NodeId parent = slash == std::string::npos ? Tree::kRoot : tree.mkdirs(path.substr(0, slash));
-    std::string leaf = slash == std::string::npos ? path : path.substr(slash + 1);
-    NodeId id;
-    if (e.type == TarType::Dir) {
-      auto existing = tree.lookup(parent, leaf);
-      if (existing && tree.node(*existing).type == NodeType::File)
-        throw FormatError("nemo", e.header_offset, "'" + path + "' is both a file and a folder in the archive");
-      id = tree.add_dir(parent, leaf);
-    } else {
-      auto existing = tree.lookup(parent, leaf);
-      if (existing && tree.node(*existing).type == NodeType::Dir)
-        throw FormatError("nemo", e.header_offset, "'" + path + "' is both a folder and a file in the archive");
-      SourcePtr data = make_sub(archive, e.data_offset, e.stored_size, path);
-      if (e.sparse) {
-        std::vector<SparseSource::Extent> ext;
-        ext.reserve(e.regions.size());
-        for (const auto& r : e.regions) ext.push_back({r.offset, r.length});
-        data = std::make_shared<SparseSource>(std::move(data), ext, e.size, path);
-      }
-      id = tree.add_file(parent, leaf, std::move(data), /*replace=*/true);
-    }
-    tree.mutable_node(id).mode = e.mode;
-    tree.mutable_node(id).mtime = e.mtime;
-    nemo.member_of_path[path] = i;
+  // Each entry goes into the tree as it is read: with !keep_index the index is never held whole
+  // (a 300,000-member archive's index is ~36 MB that a read-only mount does not need).
+  size_t i = 0;
+  index_tar(*archive, nemo.index, [&](TarEntry&& e) {
+    if (i >= NemoArchive::kNoEntry)
+      throw FormatError("nemo", e.header_offset, "more than " + std::to_string(NemoArchive::kNoEntry - 1) + " members");
+    add_member(tree, archive, e, i, nemo, keep_index);
+    if (keep_index) nemo.index.entries.push_back(std::move(e));
+    ++i;
+  });
+  if (keep_index) {
+    nemo.entry_of_node.resize(tree.size(), NemoArchive::kNoEntry);
+    nemo.entry_of_node.shrink_to_fit();
   }
   add_checkpoint_views(tree, nemo.warnings);
   return nemo;

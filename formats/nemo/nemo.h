@@ -11,9 +11,10 @@
 // Member bytes are SubSources of the archive: never extracted, never copied.
 #pragma once
 
-#include <map>
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "formats/core/tree.h"
@@ -22,18 +23,34 @@
 namespace nemofs {
 
 struct NemoArchive {
+  static constexpr uint32_t kNoEntry = UINT32_MAX;
   SourcePtr archive;
   TarIndex index;
-  std::map<std::string, size_t> member_of_path;  // normalised path -> index.entries position (files and dirs)
-  std::vector<std::string> warnings;             // views that could not be built, skipped links
+  // Tree node -> the index.entries position of the header it shows (files and folders; the last
+  // header of a path wins); kNoEntry for the root, implied folders and the `.tensors/` views.
+  // 4 bytes a member where a map by path cost ~90 (issue 19).
+  std::vector<uint32_t> entry_of_node;
+  std::vector<std::string> warnings;  // views that could not be built, skipped links
+
+  // The entry shown at a normalised path, if a header of the archive made it.
+  std::optional<size_t> entry_of(const Tree& tree, std::string_view path) const;
+  // Every node a header made: f(normalised path, index.entries position), parents first.
+  template <typename F>
+  void for_each_member(const Tree& tree, F&& f) const {
+    tree.walk([&](NodeId id, const Node&) {
+      if (id < entry_of_node.size() && entry_of_node[id] != kNoEntry) f(tree.path_of(id), size_t{entry_of_node[id]});
+    });
+  }
 };
 
 // Normalised member path ("" for the root), or nullopt for entries that must be refused.
 // Throws FormatError for '..' components and absolute names.
 std::string normalize_member_name(const std::string& raw, uint64_t at);
 
-// Indexes the archive and fills `tree` with its members and their checkpoint views.
-NemoArchive build_nemo(Tree& tree, const SourcePtr& archive);
+// Indexes the archive and fills `tree` with its members and their checkpoint views. Without
+// `keep_index` (a read-only mount, inspect) the result's index has no entries and entry_of_node
+// is empty: only a writable mount (fs/edit) needs them.
+NemoArchive build_nemo(Tree& tree, const SourcePtr& archive, bool keep_index = true);
 
 // Adds the `<member>.tensors/` views for every file or folder of `tree` that is a checkpoint.
 // `files_under(dir_path)` lists the file set of a folder. Failures become warnings.

@@ -286,8 +286,18 @@ std::vector<SparseRegion> check_sparse_map(const std::vector<SparseRegion>& map,
   return out;
 }
 
+const TarEntryRare& TarEntry::empty_rare() {
+  static const TarEntryRare empty;
+  return empty;
+}
+
 TarIndex index_tar(const ByteSource& src) {
   TarIndex idx;
+  index_tar(src, idx, [&](TarEntry&& e) { idx.entries.push_back(std::move(e)); });
+  return idx;
+}
+
+void index_tar(const ByteSource& src, TarIndex& idx, const std::function<void(TarEntry&&)>& each) {
   const uint64_t total = src.size();
   uint64_t off = 0;
   Pax pax;
@@ -304,7 +314,7 @@ TarIndex index_tar(const ByteSource& src) {
       if (pending) throw FormatError(kFmt, off, "archive ends between an extended header and its member");
       idx.end_of_entries = off;
       idx.end_marker = true;
-      return idx;
+      return;
     }
     // Checksum: unsigned (POSIX) or signed (historic) sum with the field as spaces.
     if (!tar_checksum_ok(h)) {
@@ -361,8 +371,9 @@ TarIndex index_tar(const ByteSource& src) {
     if (gnu_name) name = *gnu_name;
     if (pax.path) name = *pax.path;
     if (pax.sparse_name) name = *pax.sparse_name;
-    e.name = name;
-    e.linkname = pax.linkpath ? *pax.linkpath : gnu_link ? *gnu_link : field_string(h + 157, 100);
+    e.name = std::move(name);
+    TarEntryRare rare;
+    rare.linkname = pax.linkpath ? *pax.linkpath : gnu_link ? *gnu_link : field_string(h + 157, 100);
     e.mode = static_cast<uint32_t>(parse_tar_number(h + 100, 8, off, "mode") & 07777);
     e.uid = pax.uid ? *pax.uid : parse_tar_number(h + 108, 8, off, "uid");
     e.gid = pax.gid ? *pax.gid : parse_tar_number(h + 116, 8, off, "gid");
@@ -371,7 +382,7 @@ TarIndex index_tar(const ByteSource& src) {
     if (pax.mtime) {
       clamped = false;
       e.mtime = mtime_seconds(*pax.mtime, clamped);
-      if (!clamped) e.mtime_text = *pax.mtime;  // a clamped time keeps no fraction
+      if (!clamped) rare.mtime_text = *pax.mtime;  // a clamped time keeps no fraction
     }
     e.mtime_clamped = clamped;
     if (pax.size) size = *pax.size;
@@ -434,12 +445,14 @@ TarIndex index_tar(const ByteSource& src) {
           map = std::move(pax.sparse_pairs);
         }
       }
-      e.regions = check_sparse_map(map, logical, e.stored_size, e.name, off);
+      rare.regions = check_sparse_map(map, logical, e.stored_size, e.name, off);
       e.sparse = true;
       e.size = logical;
     }
+    if (!rare.linkname.empty() || !rare.mtime_text.empty() || !rare.regions.empty())
+      e.rare = std::make_shared<const TarEntryRare>(std::move(rare));
     off = e.end_offset;
-    idx.entries.push_back(std::move(e));
+    each(std::move(e));
     pax = Pax{};
     gnu_name.reset();
     gnu_link.reset();
@@ -447,7 +460,6 @@ TarIndex index_tar(const ByteSource& src) {
   }
   if (pending) throw FormatError(kFmt, off, "archive ends between an extended header and its member");
   idx.end_of_entries = off;
-  return idx;
 }
 
 }  // namespace nemofs

@@ -44,6 +44,9 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -62,27 +65,43 @@ struct SparseRegion {
 
 enum class TarType : uint8_t { File, Dir, Symlink, Hardlink, Other };
 
-struct TarEntry {
-  std::string name;          // full name after pax/GNU/prefix resolution, exactly as stored
+// What few members have (links, pax mtimes, sparse maps), kept beside the entry so that the
+// common member (a plain file or folder) costs only TarEntry itself: an index of 300,000 members
+// is held for the life of a mount (issue 19: ~120 bytes a member, not ~210 plus vector doubling).
+struct TarEntryRare {
   std::string linkname;
-  TarType type = TarType::File;
-  char typeflag = '0';
-  uint32_t mode = 0;
-  uint64_t uid = 0, gid = 0;
-  int64_t mtime = 0;         // whole seconds
-  std::string mtime_text;    // pax mtime string when present (keeps fractional seconds)
+  std::string mtime_text;             // pax mtime string when present (keeps fractional seconds)
+  std::vector<SparseRegion> regions;  // sparse: non-empty data regions, ascending, data back to back
+};
+
+struct TarEntry {
+  std::string name;            // full name after pax/GNU/prefix resolution, exactly as stored
   uint64_t header_offset = 0;  // first byte of this entry's first header block (incl. pax/L blocks)
   uint64_t data_offset = 0;    // first data byte
   uint64_t size = 0;           // data bytes of the member as shown (a sparse member: its logical size)
   uint64_t end_offset = 0;     // data_offset + stored_size rounded up to 512
   uint64_t stored_size = 0;    // data bytes in the archive from data_offset (== size unless sparse)
+  int64_t mtime = 0;           // whole seconds
+  uint64_t uid = 0, gid = 0;
+  uint32_t mode = 0;
+  TarType type = TarType::File;
+  char typeflag = '0';
   bool sparse = false;         // a GNU sparse member (any encoding)
-  std::vector<SparseRegion> regions;  // sparse: non-empty data regions, ascending, data back to back
   bool mtime_clamped = false;  // the stored mtime was negative or past kMaxTarMtime
+  std::shared_ptr<const TarEntryRare> rare;  // null when every field of it would be empty
+
+  const std::string& linkname() const { return rare ? rare->linkname : empty_rare().linkname; }
+  const std::string& mtime_text() const { return rare ? rare->mtime_text : empty_rare().mtime_text; }
+  const std::vector<SparseRegion>& regions() const { return rare ? rare->regions : empty_rare().regions; }
+
+ private:
+  static const TarEntryRare& empty_rare();
 };
 
 struct TarIndex {
-  std::vector<TarEntry> entries;  // in archive order, metadata-only entries ('x','g','L','K') folded in
+  // In archive order, metadata-only entries ('x','g','L','K') folded in. A deque: growing it
+  // never holds two copies of every entry (a vector's doubling did, at the peak of a mount).
+  std::deque<TarEntry> entries;
   uint64_t end_of_entries = 0;    // offset of the first end-of-archive zero block (or EOF)
   bool end_marker = false;        // an end-of-archive zero block was seen (not just EOF)
 };
@@ -90,6 +109,10 @@ struct TarIndex {
 // Reads every header, validates checksums, sizes and names, and refuses hostile input with a
 // FormatError("tar", offset, what). Data ranges are checked to lie inside the source.
 TarIndex index_tar(const ByteSource& src);
+// The same, handing each entry to `each` as soon as it is read (in archive order) instead of
+// keeping it: a caller that turns entries into something else (a mount's tree) never holds the
+// whole index. `idx` gets end_of_entries and end_marker; its entries are left alone.
+void index_tar(const ByteSource& src, TarIndex& idx, const std::function<void(TarEntry&&)>& each);
 
 // Parses an octal or base-256 numeric header field; exposed for the fuzzers and unit tests.
 uint64_t parse_tar_number(const unsigned char* field, size_t len, uint64_t at, const char* what);

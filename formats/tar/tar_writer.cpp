@@ -83,7 +83,7 @@ TarStyle TarStyle::of_archive(const ByteSource& src, const TarIndex& idx) {
       break;
     }
   s.dot_slash = ref->name.rfind("./", 0) == 0;
-  s.pax_mtime = !ref->mtime_text.empty();
+  s.pax_mtime = !ref->mtime_text().empty();
   s.uid = ref->uid;
   s.gid = ref->gid;
   unsigned char h[512];

@@ -185,7 +185,7 @@ std::shared_ptr<FolderBackend::View> FolderBackend::ensure_built(const std::shar
   v->slot = slot.get();
   v->identity = std::move(id);
   try {
-    v->cp = open_checkpoint(path);
+    v->cp = open_checkpoint(path, /*writable=*/false);  // a view: read-only
     // Part of the index: the header is laid out now, once per build, like a single mount's at
     // mount time; a rebuilt view (the checkpoint changed) gets a new one from the new tree.
     if (safetensors_views_)

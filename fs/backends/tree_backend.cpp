@@ -9,20 +9,23 @@ namespace nemofs {
 
 TreeBackend::TreeBackend(const Tree& tree, int64_t default_mtime, uid_t uid, gid_t gid)
     : tree_(tree), default_mtime_(default_mtime), uid_(uid), gid_(gid) {
-  children_.resize(tree.size());
+  // Every node but the root is one folder's child: tree.size() - 1 entries in all.
+  first_.reserve(tree.size() + 1);
+  kids_.reserve(tree.size() ? tree.size() - 1 : 0);
   subdirs_.assign(tree.size(), 0);
   for (NodeId id = 0; id < tree.size(); ++id) {
     const Node& n = tree.node(id);
+    first_.push_back(static_cast<uint32_t>(kids_.size()));
     if (n.type == NodeType::Dir) {
-      children_[id].reserve(n.children.size());
       for (const auto& [name, child] : n.children) {
-        children_[id].push_back(child);
+        kids_.push_back(child);
         if (tree.node(child).type == NodeType::Dir) ++subdirs_[id];
       }
     } else {
       total_bytes_ += n.data->size();
     }
   }
+  first_.push_back(static_cast<uint32_t>(kids_.size()));
 }
 
 NodeId TreeBackend::node_of(Ino ino) const {
@@ -70,9 +73,10 @@ Entry TreeBackend::getattr(Ino ino) { return Entry{stat_of(node_of(ino)), kTimeo
 void TreeBackend::readdir(Ino ino, uint64_t offset, const std::function<bool(const DirEntryOut&, uint64_t)>& emit) {
   NodeId id = node_of(ino);
   if (tree_.node(id).type != NodeType::Dir) throw SysError(ENOTDIR);
-  const auto& kids = children_[id];
+  const NodeId* kids = kids_.data() + first_[id];
+  const uint64_t count = first_[id + 1] - first_[id];
   // Offsets: 0 -> ".", 1 -> "..", 2 + i -> child i. next_offset is the offset after the entry.
-  for (uint64_t off = offset; off < kids.size() + 2; ++off) {
+  for (uint64_t off = offset; off < count + 2; ++off) {
     DirEntryOut e;
     if (off == 0) {
       e.name = ".";

@@ -69,9 +69,10 @@ void report_source_changed(const std::string& path, const std::string& message) 
 
 // Opens the checkpoint (a path, or a URL: formats/remote), printing the one-line error and
 // returning the exit code on failure.
-int open_or_report(const std::string& source, Checkpoint& cp) {
+// `writable`: it may be mounted writable (see open_checkpoint).
+int open_or_report(const std::string& source, Checkpoint& cp, bool writable) {
   try {
-    cp = remote::is_remote_url(source) ? remote::open_remote_checkpoint(source) : open_checkpoint(source);
+    cp = remote::is_remote_url(source) ? remote::open_remote_checkpoint(source) : open_checkpoint(source, writable);
     return kExitOk;
   } catch (const FormatError& e) {
     std::fprintf(stderr, "nemofs: %s: %s\n", remote::display_url(source).c_str(), e.what());
@@ -117,13 +118,13 @@ int cmd_inspect(const std::vector<std::string>& args) {
       std::fprintf(stderr, "nemofs: %s: %s\n", source.c_str(), e.what());
       return kExitSourceUnreadable;
     }
-    if (json) std::cout << doc.dump(2) << "\n";
+    if (json) std::cout << inspect_dump(doc) << "\n";
     else inspect_text(doc, std::cout);
     return std::cout.good() ? kExitOk : kExitSourceUnreadable;
   }
   Checkpoint cp;
-  if (int rc = open_or_report(source, cp)) return rc;
-  if (json) std::cout << inspect_json(cp, remote::display_url(source)).dump(2) << "\n";
+  if (int rc = open_or_report(source, cp, /*writable=*/false)) return rc;
+  if (json) inspect_json_write(cp, remote::display_url(source), std::cout);
   else inspect_text(cp, std::cout);
   return std::cout.good() ? kExitOk : kExitSourceUnreadable;
 }
@@ -260,7 +261,7 @@ int cmd_mount(const std::vector<std::string>& args) {
     choice.read_only = true;
     choice.mode = "ro";
   } else {
-    if (int rc = open_or_report(req.source, cp)) return rc;
+    if (int rc = open_or_report(req.source, cp, !req.read_only)) return rc;
   }
   // What mount(8), status and messages show of a URL: no query string, no credentials.
   const std::string shown_source = is_remote ? remote::display_url(req.source) : req.source;

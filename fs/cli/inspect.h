@@ -20,6 +20,12 @@
 namespace nemofs {
 
 nlohmann::json inspect_json(const Checkpoint& cp, const std::string& source);
+// The --json text of a document: dump(2), with bytes that are not UTF-8 (tar and folder names
+// are bytes) written as U+FFFD rather than refused.
+std::string inspect_dump(const nlohmann::json& inspect_document);
+// Writes inspect_dump(inspect_json(cp, source)) and a newline, one entry at a time (memory: one entry,
+// not the listing).
+void inspect_json_write(const Checkpoint& cp, const std::string& source, std::ostream& out);
 // A folder of checkpoints (format "folder"): its entries and every view, indexed now; a view that
 // cannot be built is left out with a warning, as the mount leaves it out.
 nlohmann::json inspect_folder_json(const std::string& folder_realpath, const std::string& source);

@@ -12,9 +12,9 @@ namespace nemofs {
 
 int64_t entry_mtime_ns(const TarEntry& e) {
   int64_t ns = e.mtime * 1000000000;
-  auto dot = e.mtime_text.find('.');
-  if (dot != std::string::npos && e.mtime_text[0] != '-') {
-    std::string frac = e.mtime_text.substr(dot + 1, 9);
+  auto dot = e.mtime_text().find('.');
+  if (dot != std::string::npos && e.mtime_text()[0] != '-') {
+    std::string frac = e.mtime_text().substr(dot + 1, 9);
     bool digits = !frac.empty() && std::all_of(frac.begin(), frac.end(), [](char c) { return c >= '0' && c <= '9'; });
     if (digits) {
       frac.append(9 - frac.size(), '0');
@@ -68,13 +68,13 @@ std::shared_ptr<const Archive> Archive::open(Checkpoint&& cp, const std::string&
     }
     if (p.empty()) g->members[""] = BaseMember{static_cast<int>(i), true, e.mode & 07777, entry_mtime_ns(e), nullptr};
   }
-  for (const auto& [p, i] : g->nemo->member_of_path) {
+  g->nemo->for_each_member(g->cp.tree, [&](const std::string& p, size_t i) {
     const TarEntry& e = entries[i];
     BaseMember m{static_cast<int>(i), e.type == TarType::Dir, e.mode & 07777, entry_mtime_ns(e), nullptr};
     if (!m.dir) {
       auto id = g->cp.tree.resolve(p);
       if (id && g->cp.tree.node(*id).type == NodeType::File) m.data = g->cp.tree.node(*id).data;
-      else continue;
+      else return;
     }
     g->members[p] = m;
     // Folders the archive implies without a header of their own.
@@ -83,7 +83,7 @@ std::shared_ptr<const Archive> Archive::open(Checkpoint&& cp, const std::string&
       if (!g->members.count(anc)) g->members[anc] = BaseMember{-1, true, 0755, archive_mtime, nullptr};
       if (s == 0) break;
     }
-  }
+  });
   return g;
 }
 

@@ -124,8 +124,8 @@ MemberNode& MemberTree::create(decltype(MemberNode::body) body) {
 void MemberTree::attach(MemberNode& dir, const std::string& name, MemberNode& n) {
   FolderBody& f = *dir.folder();
   uint64_t cookie = f.next_cookie++;
-  f.children[name] = FolderBody::Child{n.ino, cookie};
-  f.order[cookie] = name;
+  auto it = f.children.insert_or_assign(name, FolderBody::Child{n.ino, cookie}).first;
+  f.order[cookie] = &it->first;
   n.parent = dir.ino;
   n.name = name;
   n.linked = true;

@@ -23,25 +23,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::CheckOptions o;
   o.allow_io_error = true;  // a deflated torch zip entry inside a view may be corrupt
   o.may_be_tensor = [&](const std::string& p) {
-    return !nemo.member_of_path.count(p) && !nemo.member_of_path.count(p + ".json");
+    return !nemo.entry_of(tree, p) && !nemo.entry_of(tree, p + ".json");
   };
   fuzz::check_tree(tree, o);
-  for (const auto& [path, i] : nemo.member_of_path) {
+  nemo.for_each_member(tree, [&](const std::string& path, size_t i) {
     const TarEntry& e = nemo.index.entries.at(i);
     auto id = tree.resolve(path);
     if (!id) fuzz::violation("member '" + path + "' is not in the tree");
     const Node& n = tree.node(*id);
-    if (n.type != NodeType::File) continue;
+    if (n.type != NodeType::File) return;
     if (n.data->size() != e.size) fuzz::violation("member '" + path + "' has another size than its header says");
-    if (e.size == 0) continue;
+    if (e.size == 0) return;
     if (e.sparse) {  // its first data region maps to the first stored bytes
-      if (e.regions.empty()) continue;
-      auto fr = n.data->file_range(e.regions[0].offset, e.regions[0].length);
+      if (e.regions().empty()) return;
+      auto fr = n.data->file_range(e.regions()[0].offset, e.regions()[0].length);
       if (!fr || fr->offset != e.data_offset) fuzz::violation("sparse member '" + path + "' does not map to its data");
-      continue;
+      return;
     }
     auto fr = n.data->file_range(0, e.size);
     if (!fr || fr->offset != e.data_offset) fuzz::violation("member '" + path + "' does not map to its data in the archive");
-  }
+  });
   return 0;
 }

@@ -40,7 +40,7 @@ struct Session {
     std::filesystem::remove_all(dir);
   }
   MemberTree& ns() { return ed->ns(); }
-  const std::vector<TarEntry>& entries() { return ns().archive()->nemo->index.entries; }
+  const std::deque<TarEntry>& entries() { return ns().archive()->nemo->index.entries; }
   MemberNode& node(const std::string& path) {
     MemberNode* n = ns().resolve(path);
     if (!n) throw std::runtime_error(path + " not in the namespace");

@@ -66,7 +66,7 @@ TEST(TarValid, CpythonStyleArchive) {
   auto idx = index_tar(MemorySource(a));
   ASSERT_EQ(idx.entries.size(), 4u);
   EXPECT_EQ(idx.entries[1].name, "./model_config.yaml");
-  EXPECT_EQ(idx.entries[1].mtime_text, "1795667668.1344376");
+  EXPECT_EQ(idx.entries[1].mtime_text(), "1795667668.1344376");
   EXPECT_EQ(idx.entries[1].header_offset, 1536u);  // its pax block, not its ustar header
   EXPECT_EQ(idx.entries[1].data_offset, 1536u + 1024u + 512u);  // pax header + pax data + ustar header
 }

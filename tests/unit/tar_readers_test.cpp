@@ -178,7 +178,7 @@ TEST(TarReaders, NegativeAndHugeMtimesClampedAndShown) {
   for (const auto& s : w) EXPECT_NE(s.find("mtime out of range"), std::string::npos) << s;
   auto idx = index_tar(MemorySource(a));
   EXPECT_TRUE(idx.entries[2].mtime_clamped);
-  EXPECT_EQ(idx.entries[2].mtime_text, "");  // no fraction kept for a clamped time
+  EXPECT_EQ(idx.entries[2].mtime_text(), "");  // no fraction kept for a clamped time
 }
 
 // A v7 archive (no `ustar` magic) was "not a checkpoint nemofs knows": it is recognised by its
@@ -242,11 +242,11 @@ TEST(TarReaders, SparseMembersInAllFourGnuEncodings) {
     EXPECT_EQ(read_all(t, "s.bin"), want);
     EXPECT_EQ(read_all(t, "before.txt"), "before");
     EXPECT_EQ(read_all(t, "after.txt"), "after");
-    const TarEntry& e = n.index.entries[n.member_of_path.at("s.bin")];
+    const TarEntry& e = n.index.entries[n.entry_of(t, "s.bin").value()];
     EXPECT_TRUE(e.sparse);
     EXPECT_EQ(e.size, kLogical);
     EXPECT_EQ(e.stored_size, data.size());
-    EXPECT_EQ(e.regions.size(), kRegions.size());
+    EXPECT_EQ(e.regions().size(), kRegions.size());
     EXPECT_EQ(a.substr(e.data_offset, data.size()), data);
   }
   std::string a = oldgnu_sparse("m.bin", many, 200000, many_data) + tar_end();

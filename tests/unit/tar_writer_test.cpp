@@ -20,9 +20,9 @@ TarMember member_of(const TarEntry& e) {
   m.mode = e.mode;
   m.size = e.size;
   m.mtime_sec = e.mtime;
-  auto dot = e.mtime_text.find('.');
+  auto dot = e.mtime_text().find('.');
   if (dot != std::string::npos) {
-    std::string frac = e.mtime_text.substr(dot + 1, 9);
+    std::string frac = e.mtime_text().substr(dot + 1, 9);
     frac.append(9 - frac.size(), '0');
     m.mtime_nsec = static_cast<uint32_t>(std::stoul(frac));
   }

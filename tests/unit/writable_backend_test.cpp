@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
+#include <set>
 
 #include "formats/detect/checkpoint.h"
 #include "fs/backends/writable_backend.h"
@@ -117,4 +119,43 @@ TEST(WritableBackend, JournalBringsEditsBackInANewBackend) {
     EXPECT_THROW(again.lookup(kRootIno, "model_config.yaml"), SysError);
     EXPECT_EQ(again.pending_edits(), 2u);
   }
+}
+
+// A folder larger than readdir's batch (128): every entry once, in order, whether one reply takes
+// them all or replies stop early and resume at the offset they gave (as the kernel's do).
+TEST(WritableBackend, ReaddirOfALargeFolderInBatchesAndPartialReplies) {
+  Fixture f;
+  Backend& b = *f.b;
+  std::vector<std::string> made;
+  for (int i = 0; i < 200; ++i) {
+    char name[16];
+    std::snprintf(name, sizeof name, "n%03d.txt", i);
+    OpenResult o;
+    Entry e = b.create(kRootIno, name, 0644, O_WRONLY, o);
+    b.release(e.attr.st_ino, 0);
+    made.push_back(name);
+  }
+  std::vector<std::string> all = f.names(kRootIno);
+  std::vector<std::string> news(all.begin(), all.end());
+  std::erase_if(news, [](const std::string& n) { return n.size() != 8 || n[0] != 'n' || n.find(".txt") != 4; });
+  EXPECT_EQ(news, made);  // cookies follow creation order
+  std::set<std::string> unique(all.begin(), all.end());
+  EXPECT_EQ(unique.size(), all.size());
+  // Replies of 7 entries, each resuming where the last stopped.
+  std::vector<std::string> paged;
+  uint64_t off = 0;
+  for (int reply = 0; reply < 1000; ++reply) {
+    size_t got = 0;
+    uint64_t next_off = off;
+    b.readdir(kRootIno, off, [&](const DirEntryOut& e, uint64_t next) {
+      if (got == 7) return false;
+      ++got;
+      paged.push_back(e.name);
+      next_off = next;
+      return true;
+    });
+    if (got == 0) break;
+    off = next_off;
+  }
+  EXPECT_EQ(paged, all);
 }
