@@ -283,12 +283,13 @@ void RemoteSource::resolve() const {
   rq.head = true;
   rq.follow_redirects = false;
   rq.headers = ref_.headers;
-  std::string url = ref_.url, id, size;
+  std::string url = ref_.url, id, size, commit;
   for (int hop = 0;; ++hop) {
     rq.url = url;
     HttpResponse r = HttpClient::shared().perform(rq, p);
     if (id.empty()) id = r.header("x-linked-etag");
     if (size.empty()) size = r.header("x-linked-size");
+    if (commit.empty()) commit = r.header("x-repo-commit");
     if (r.status == 301 || r.status == 302 || r.status == 303 || r.status == 307 || r.status == 308) {
       std::string loc = r.header("location");
       if (loc.empty()) throw SysError(EIO, ref_.display + ": redirect without a location");
@@ -315,6 +316,10 @@ void RemoteSource::resolve() const {
     throw SysError(EIO, ref_.display + ": the Hub sent a size that is not a number");
   uint64_t n = std::stoull(size);
   auto* self = const_cast<RemoteSource*>(this);
+  // Asked at a commit id, the Hub answers for that commit; another one would be a server that
+  // ignores the revision in the URL, and its bytes could be of any commit.
+  if (!ref_.commit.empty() && !commit.empty() && commit != ref_.commit)
+    changed("the Hub answered for commit " + commit + ", not the mounted " + ref_.commit);
   if (!identity_.empty() && bare_etag(identity_) != bare_etag(id)) changed("the Hub now serves another version");
   if (ref_.size && *ref_.size != n) changed("the Hub now serves another size");
   self->identity_ = bare_etag(id);
@@ -572,12 +577,61 @@ void RemoteSource::verify() const {
   }
 }
 
-size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
+std::shared_ptr<const UniqueFd> RemoteSource::block_fd(uint64_t b, bool& hit) const {
+  const uint64_t want = std::min(kBlock, size_ - b * kBlock);
+  for (int attempt = 0;; ++attempt) {
+    if (!ensure(b)) hit = false;
+    {
+      std::lock_guard lk(mu_);
+      ++clock_;
+      for (auto& o : open_)
+        if (o.block == b && o.fd) {
+          o.used = clock_;
+          return o.fd;
+        }
+    }
+    UniqueFd fd(::open(block_path(b).c_str(), O_RDONLY | O_CLOEXEC));
+    int err = fd ? 0 : errno;
+    struct stat st {};
+    if (fd && ::fstat(fd.get(), &st) != 0) err = errno;
+    const bool gone = !fd && err == ENOENT;
+    // Not whole: only a file of another writer (blocks are renamed into place whole) or a damaged
+    // disk; checked here because a splice of it would come back short.
+    const bool partial = fd && err == 0 && static_cast<uint64_t>(st.st_size) != want;
+    if (gone || partial) {
+      // Evicted (by this mount or another) since it was fetched, or not whole: fetched again, once.
+      if (partial) ::unlink(block_path(b).c_str());
+      {
+        std::lock_guard lk(mu_);
+        if (state_[b] == kPresent) state_[b] = kAbsent;
+      }
+      if (attempt == 0) continue;
+      throw SysError(EIO, ref_.display + ": cache block " + std::to_string(b) + (gone ? " vanished" : " is not whole") +
+                              " twice in a row");
+    }
+    if (err) throw SysError(EIO, ref_.display + ": cache block: " + std::strerror(err));
+    auto f = std::make_shared<const UniqueFd>(std::move(fd));
+    std::lock_guard lk(mu_);
+    OpenBlock* slot = &open_[0];
+    for (auto& o : open_)
+      if (o.used < slot->used) slot = &o;
+    *slot = OpenBlock{b, f, clock_};
+    return f;
+  }
+}
+
+uint64_t RemoteSource::begin_read(uint64_t off, uint64_t len) const {
   if (changed_.load()) throw SysError(EIO, ref_.display + " changed since it was mounted; remount to see the new object");
   if (off >= size_ || len == 0) return 0;
-  len = static_cast<size_t>(std::min<uint64_t>(len, size_ - off));
+  len = std::min<uint64_t>(len, size_ - off);
   if (last_verify_ms_.load() == 0) last_verify_ms_.store(now_ms());
   note_read(off, len);
+  return len;
+}
+
+size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
+  len = static_cast<size_t>(begin_read(off, len));
+  if (len == 0) return 0;
   char* out = static_cast<char*>(buf);
   uint64_t pos = off;
   const uint64_t end = off + len;
@@ -585,41 +639,9 @@ size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
   while (pos < end) {
     uint64_t b = pos / kBlock, in = pos % kBlock;
     size_t n = static_cast<size_t>(std::min<uint64_t>(end - pos, kBlock - in));
-    for (int attempt = 0;; ++attempt) {
-      if (!ensure(b)) all_hits = false;
-      std::shared_ptr<UniqueFd> f;
-      {
-        std::lock_guard lk(mu_);
-        if (open_block_ == b) f = open_fd_;
-      }
-      if (!f) {
-        int fd = ::open(block_path(b).c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0 && errno == ENOENT && attempt == 0) {
-          // Evicted (by this mount or another) since it was fetched: fetch it again.
-          std::lock_guard lk(mu_);
-          if (state_[b] == kPresent) state_[b] = kAbsent;
-          continue;
-        }
-        if (fd < 0) throw SysError(EIO, ref_.display + ": cache block: " + std::strerror(errno));
-        f = std::make_shared<UniqueFd>(fd);
-        std::lock_guard lk(mu_);
-        open_block_ = b;
-        open_fd_ = f;
-      }
-      size_t got = io::pread_full(f->get(), out + (pos - off), n, in, "cache block");
-      if (got != n) {
-        ::unlink(block_path(b).c_str());
-        std::lock_guard lk(mu_);
-        state_[b] = kAbsent;
-        if (open_block_ == b) {
-          open_block_ = UINT64_MAX;
-          open_fd_.reset();
-        }
-        if (attempt == 0) continue;
-        throw SysError(EIO, ref_.display + ": cache block shorter than expected");
-      }
-      break;
-    }
+    auto f = block_fd(b, all_hits);
+    if (io::pread_full(f->get(), out + (pos - off), n, in, "cache block") != n)
+      throw SysError(EIO, ref_.display + ": cache block shorter than expected");
     pos += n;
   }
   // Bytes served from the cache alone are checked against the server now and then (verify), so
@@ -627,6 +649,25 @@ size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
   if (all_hits) verify();
   if (changed_.load()) throw SysError(EIO, ref_.display + " changed since it was mounted; remount to see the new object");
   return len;
+}
+
+void RemoteSource::pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const {
+  // Inside size() (the contract): begin_read clips nothing then.
+  len = begin_read(off, len);
+  uint64_t pos = off;
+  const uint64_t end = off + len;
+  bool all_hits = true;
+  while (pos < end) {
+    uint64_t b = pos / kBlock, in = pos % kBlock;
+    uint64_t n = std::min<uint64_t>(end - pos, kBlock - in);
+    auto f = block_fd(b, all_hits);
+    // A block file holds bytes of the pinned object only (its key names the identity), so the
+    // span needs no guard; the share keeps the descriptor open until the taker is done.
+    out.push_back(Piece{n, false, FileRange{f->get(), in, nullptr, f}});
+    pos += n;
+  }
+  if (all_hits) verify();
+  if (changed_.load()) throw SysError(EIO, ref_.display + " changed since it was mounted; remount to see the new object");
 }
 
 }  // namespace nemofs::remote

@@ -40,6 +40,9 @@ struct ObjectRef {
   std::vector<std::string> headers;
   std::string aws_sigv4, aws_userpwd;
   bool hub = false;
+  // Hub: the commit the URL's revision was pinned to (a repository mount), checked against the
+  // X-Repo-Commit of the resolve answer; empty: not pinned.
+  std::string commit;
   // From a listing (S3 ListObjectsV2, the Hub's tree): known without a request.
   std::optional<uint64_t> size;
   std::string identity;
@@ -65,6 +68,10 @@ class RemoteSource final : public ByteSource, public std::enable_shared_from_thi
 
   uint64_t size() const override { return size_; }
   size_t read_at(uint64_t off, void* buf, size_t len) const override;
+  // The span as ranges of its cache block files (fetched first when missing), each holding its
+  // block file open (FileRange::hold): the FUSE edge splices them from the page cache instead of
+  // copying them through the daemon.
+  void pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const override;
   std::string describe() const override { return ref_.display; }
   // EIO once the object was seen replaced; at most every 2 s, one identity request (HEAD with
   // If-Match) so cached blocks of a replaced object stop being served too.
@@ -90,6 +97,11 @@ class RemoteSource final : public ByteSource, public std::enable_shared_from_thi
   [[noreturn]] void changed(const std::string& why) const;
   std::string block_path(uint64_t b) const;
   void note_read(uint64_t off, uint64_t len) const;
+  // Block b present and open (ensure + open, fetched again once when it was evicted or is not
+  // whole). `hit` is cleared when it had to be fetched or waited for.
+  std::shared_ptr<const UniqueFd> block_fd(uint64_t b, bool& hit) const;
+  // Shared start of read_at and pieces: the span clipped to the object (0: nothing to read).
+  uint64_t begin_read(uint64_t off, uint64_t len) const;
 
   ObjectRef ref_;
   uint64_t size_ = 0;
@@ -113,10 +125,15 @@ class RemoteSource final : public ByteSource, public std::enable_shared_from_thi
     uint64_t used = 0;    // last use, for replacement
   };
   mutable Stream streams_[4];
-  // The block file read last, kept open for the reads that follow in it (shared: a reader keeps
-  // its copy while another one replaces it).
-  mutable uint64_t open_block_ = UINT64_MAX;
-  mutable std::shared_ptr<UniqueFd> open_fd_;
+  // Block files open for the reads that follow in them: at most kOpenBlocks per object, least
+  // recently used closed first (a reply still splicing from one keeps it open by its share).
+  static constexpr size_t kOpenBlocks = 8;
+  struct OpenBlock {
+    uint64_t block = UINT64_MAX;
+    std::shared_ptr<const UniqueFd> fd;
+    uint64_t used = 0;
+  };
+  mutable OpenBlock open_[kOpenBlocks];
   mutable uint64_t clock_ = 0;
 };
 

@@ -46,6 +46,9 @@ struct ReadSegment {
   size_t len = 0;
   size_t mem_off = 0; // < 0 fd: offset into ReadResult::memory
   const SourceGuard* guard = nullptr;  // file segments of a source file: its identity check
+  // Keeps fd open until the reply is sent (FileRange::hold: a remote object's cache block); such a
+  // descriptor may be closed and its number reused once the reply is done.
+  std::shared_ptr<const void> hold = nullptr;
 };
 struct ReadResult {
   std::vector<ReadSegment> segments;

@@ -103,7 +103,7 @@ void read_source(const ByteSource& src, uint64_t off, size_t size, ReadResult& o
   if (off >= total || size == 0) return;
   size_t n = static_cast<size_t>(std::min<uint64_t>(size, total - off));
   if (auto fr = src.file_range(off, n)) {
-    out.segments.push_back(ReadSegment{fr->fd, fr->offset, n, 0, fr->guard});
+    out.segments.push_back(ReadSegment{fr->fd, fr->offset, n, 0, fr->guard, fr->hold});
     return;
   }
   // Pieces: file spans are spliced; holes (a sparse member) are zeros without any I/O; the rest
@@ -118,7 +118,7 @@ void read_source(const ByteSource& src, uint64_t off, size_t size, ReadResult& o
   for (const auto& p : pieces) {
     size_t len = static_cast<size_t>(p.len);
     if (p.file) {
-      out.segments.push_back(ReadSegment{p.file->fd, p.file->offset, len, 0, p.file->guard});
+      out.segments.push_back(ReadSegment{p.file->fd, p.file->offset, len, 0, p.file->guard, p.file->hold});
     } else {
       char* dst = out.memory.get() + mem_off;
       if (p.zero) {

@@ -459,9 +459,11 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
       return;
     }
     // Before taking the bytes: the read-ahead hint then runs while this reply waits for its own.
+    // Not for a held segment (a remote object's cache block): the remote source reads ahead by
+    // itself, its blocks were just written (in the page cache), and the descriptor closes soon.
     if (g_prefetch.running())
       for (const auto& s : r.segments)
-        if (s.fd >= 0) g_prefetch.note(s.fd, s.pos, s.len);
+        if (s.fd >= 0 && !s.hold) g_prefetch.note(s.fd, s.pos, s.len);
     size_t total = r.total();
     // Under two pages libfuse copies instead of splicing anyway (fuse_send_data_iov): one pread
     // here costs fewer system calls than a splice into the pipe and a read back out of it.

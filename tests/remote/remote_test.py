@@ -274,6 +274,50 @@ class Fixtures(unittest.TestCase):
         self.assertFalse(any(l.startswith("GET /org/tiny-llama/resolve/") for l in reqs))
 
 
+    def test_hub_repository_pinned_to_one_commit(self):
+        """A repository mount fetches every file at the commit its revision named when it was
+        mounted: a push while it is mounted (main now names another commit whose files all differ)
+        changes nothing it shows, and nothing is asked for at `main` after the mount."""
+        c1, c2 = "1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222"
+        www = os.path.join(T, "www")
+        for tag in ("v1", "v2"):
+            d = os.path.join(www, "pinned-" + tag)
+            shutil.copytree(os.path.join(DATA, "hf", "tiny-llama"), d)
+            # notes.txt: read by nobody at mount (resolved on first read, after the push).
+            with open(os.path.join(d, "notes.txt"), "w") as f:
+                f.write("notes of %s\n" % tag)
+            if tag == "v2":  # the last shard's last byte (tensor data: fetched after the push)
+                with open(os.path.join(d, "model-00003-of-00003.safetensors"), "r+b") as f:
+                    f.seek(-1, 2)
+                    b = f.read(1)
+                    f.seek(-1, 2)
+                    f.write(bytes([b[0] ^ 0xFF]))
+        hub = {"main": c1, c1: "pinned-v1", c2: "pinned-v2"}
+        tmp1, tmp2 = tempfile.mkdtemp(dir=T), tempfile.mkdtemp(dir=T)
+        n1 = servers.Nginx(tmp1, www, hub={"org/pinned": hub}).start()
+        n2 = None
+        try:
+            e = env(HF_ENDPOINT=n1.endpoint(), XDG_CACHE_HOME=os.path.join(T, "cache-pinned"))
+            with Mount(os.path.join(www, "pinned-v1")) as v1, Mount("hf://org/pinned", e, "ro") as m:
+                reqs = n1.requests()
+                self.assertIn("GET /api/models/org/pinned/revision/main - 200", reqs)
+                self.assertTrue(any(l.startswith("GET /api/models/org/pinned/tree/%s " % c1) for l in reqs), reqs)
+                # The push: main names c2 from now on (same port, a new server).
+                n1.stop()
+                n2 = servers.Nginx(tmp2, www, hub={"org/pinned": dict(hub, main=c2)}, port=n1.port).start()
+                self.assertEqual(tree_of(m.mp), tree_of(v1.mp))
+                after = n2.requests()
+                self.assertTrue(any(l.startswith("HEAD /org/pinned/resolve/%s/notes.txt " % c1) for l in after), after)
+                self.assertFalse(any("/resolve/main/" in l or "/tree/main" in l for l in after), after)
+            # A new mount pins what main names now.
+            with Mount(os.path.join(www, "pinned-v2")) as v2, Mount("hf://org/pinned", e, "ro") as m:
+                self.assertEqual(tree_of(m.mp), tree_of(v2.mp))
+        finally:
+            n1.stop()
+            if n2:
+                n2.stop()
+
+
 class Requests(unittest.TestCase):
     def test_cold_budget_then_warm_mount_sends_no_data_request(self):
         f = "nemo/megatron_gpt.nemo"
