@@ -44,6 +44,11 @@ struct Piece {
   uint64_t len = 0;
   bool zero = false;
   std::optional<FileRange> file;
+  // Neither zeros nor a file, but already in memory: `len` bytes at `data`, valid while `hold`
+  // lives (a remote object's read-ahead). A taker may use them instead of calling read_at, which
+  // gives the same bytes.
+  const char* data = nullptr;
+  std::shared_ptr<const void> hold = nullptr;
 };
 
 class ByteSource {

@@ -11,13 +11,19 @@
 //
 // Reads: the blocks a read touches are taken from the cache or fetched (one request for a run of
 // missing blocks). Each object follows up to four sequential streams; a read that continues one
-// grows its window (2 MiB, doubling to 128 MiB) and the blocks ahead are fetched by a pool of
-// background workers in parts of up to 8 MiB, in parallel. Fetched bytes go straight from the
-// socket to the block file, so the daemon holds no object data in memory.
+// grows its window (2 MiB, doubling to 32 MiB) and the blocks ahead are fetched by a pool of
+// background workers in parts of 4 MiB, in parallel, into memory (a pool of part buffers shared by
+// every object, 64 MiB in all), not into block files: a stream is read once, and writing it to
+// the cache would cost more than the rest of the read path together (a copy into fresh page-cache
+// pages, a file per block) and flush the cache of the blocks worth keeping. A part is let go once
+// its bytes were handed out (the mount's page cache keeps them) or the stream moved past it; when
+// the pool is used up, read-ahead goes to block files as random reads do. Blocks already on disk
+// are served from there.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -69,8 +75,9 @@ class RemoteSource final : public ByteSource, public std::enable_shared_from_thi
   uint64_t size() const override { return size_; }
   size_t read_at(uint64_t off, void* buf, size_t len) const override;
   // The span as ranges of its cache block files (fetched first when missing), each holding its
-  // block file open (FileRange::hold): the FUSE edge splices them from the page cache instead of
-  // copying them through the daemon.
+  // block file open (FileRange::hold), and spans of read-ahead memory parts (Piece::data): the
+  // FUSE edge splices the files from the page cache and replies from the parts in place, instead
+  // of copying either through a buffer of its own.
   void pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const override;
   std::string describe() const override { return ref_.display; }
   // EIO once the object was seen replaced; at most every 2 s, one identity request (HEAD with
@@ -79,16 +86,28 @@ class RemoteSource final : public ByteSource, public std::enable_shared_from_thi
   const std::string& identity() const { return identity_; }
   std::optional<uint64_t> cache_identity() const override { return key_hash_; }
 
-  // Prefetch worker entry: fetches blocks [b0, b1) that are still missing.
-  void prefetch(uint64_t b0, uint64_t b1) const;
+  // Prefetch worker entry: fetches blocks [b0, b1) that are still missing, into block files or
+  // (`mem`) into the memory part that note_read set up for them.
+  void prefetch(uint64_t b0, uint64_t b1, bool mem) const;
 
  private:
   explicit RemoteSource(ObjectRef ref);
   void init_cache() const;
   void resolve() const;  // Hub: the location and identity of the object
-  enum : uint8_t { kAbsent = 0, kInFlight = 1, kPresent = 2, kFailed = 3 };
-  // Makes block b present (from disk or fetched): true when it was a cache hit. Throws SysError(EIO).
-  bool ensure(uint64_t b) const;
+  // Block states. kMemFlight / kMem: being read ahead into / held in a memory part (parts_).
+  enum : uint8_t { kAbsent = 0, kInFlight = 1, kPresent = 2, kFailed = 3, kMemFlight = 4, kMem = 5 };
+  enum class Got { kHit, kMiss, kMemory };
+  // Makes block b present (from disk or fetched), or says it is in memory (kMem). Throws SysError(EIO).
+  Got ensure(uint64_t b) const;
+  struct MemPart;
+  // The memory part holding block b once it is there (waits while it is being read ahead); null
+  // when b is not held in memory.
+  std::shared_ptr<MemPart> mem_part(uint64_t b) const;
+  // Counts n bytes of the part as handed out; a part handed out whole is let go.
+  void consume(const std::shared_ptr<MemPart>& part, uint64_t n) const;
+  // Forgets the part (mu_ held): its blocks become `to` (kAbsent, or kPresent when on disk).
+  void drop_part_locked(const MemPart& part, uint8_t to) const;
+  void fetch_mem(uint64_t b0, uint64_t b1) const;
   // Fetches blocks [b0, b1) (already marked in flight by the caller) in one request.
   void fetch(uint64_t b0, uint64_t b1) const;
   void finish(uint64_t b0, uint64_t b1, uint64_t done_to, const std::string& err) const;
@@ -134,6 +153,8 @@ class RemoteSource final : public ByteSource, public std::enable_shared_from_thi
     uint64_t used = 0;
   };
   mutable OpenBlock open_[kOpenBlocks];
+  // Read-ahead of sequential streams held in memory, by first block (source.cpp: why).
+  mutable std::map<uint64_t, std::shared_ptr<MemPart>> parts_;
   mutable uint64_t clock_ = 0;
 };
 

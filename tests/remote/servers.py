@@ -64,7 +64,8 @@ class Nginx:
       /api/models/ORG/REPO/tree/REV     the Hub's tree API (static JSON)
       /api/models/ORG/REPO/revision/REV the revision API: {"sha": COMMIT, ...}
     `hub` maps "ORG/REPO" to a folder below www (commit COMMIT, named by main), or to
-    {"main": C1, C1: folder1, C2: folder2}: REV is main or a commit id, each commit its own folder.
+    {"main": C1, C1: folder1, C2: folder2}: REV is main or a commit id, each commit its own folder
+    (and "main_resolve": C2 makes resolve/main/... answer for C2 while the listing's main is C1).
     `port` may be given to restart on the same port (a "push": main names another commit)."""
 
     COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -90,9 +91,12 @@ class Nginx:
             # several commits, each its own folder (the CDN's locations are per content, as the Hub's).
             commits = {"main": self.COMMIT, self.COMMIT: spec} if isinstance(spec, str) else spec
             for rev, folder in commits.items():
-                if rev == "main":
+                if rev in ("main", "main_resolve"):
                     continue
+                # "main_resolve": resolve/main/... answers for another commit than the listing's
+                # main (a push that lands between a client's listing and its file requests).
                 revs = [rev] + (["main"] if commits["main"] == rev else [])
+                resolve_revs = [rev] + (["main"] if commits.get("main_resolve", commits["main"]) == rev else [])
                 root = os.path.join(self.www, folder)
                 tree = []
                 for dirpath, _, files in os.walk(root):
@@ -103,7 +107,7 @@ class Nginx:
                         sha = sha256_file(full)
                         tree.append({"type": "file", "oid": sha[:40], "size": size, "path": rel,
                                      "lfs": {"oid": sha, "size": size, "pointerSize": 130}})
-                        for r in revs:
+                        for r in resolve_revs:
                             out.append(
                                 "location = /%s/resolve/%s/%s {\n"
                                 "  add_header X-Linked-Etag '\"%s\"' always;\n"
