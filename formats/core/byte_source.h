@@ -23,14 +23,19 @@
 
 namespace nemofs {
 
-// A span of a real, open file descriptor (owned by the source; valid while the source lives).
-// `guard`, when set, tells whether the file still holds the bytes that were indexed: whoever
-// copies or splices the span calls guard->check() after taking the bytes and before handing them
-// on (source_guard.h).
+// A span of a real, open file descriptor (owned by the source; valid while the source lives, or
+// while `hold` does when set). `guard`, when set, tells whether the file still holds the bytes
+// that were indexed: whoever copies or splices the span calls guard->check() after taking the
+// bytes and before handing them on (source_guard.h).
 struct FileRange {
   int fd;
   uint64_t offset;
   const SourceGuard* guard = nullptr;
+  // A source that opens and closes files as it goes (a remote object's cache blocks: a bounded set
+  // open at once) hands out a reference that keeps `fd` open: whoever takes the span keeps the
+  // FileRange (or this) until it is done with fd. Only pieces() hands such spans out, never
+  // file_range(), whose callers may keep the descriptor for the life of the source.
+  std::shared_ptr<const void> hold = nullptr;
 };
 
 // One piece of a span (ByteSource::pieces): `len` bytes that are zeros (a hole: no I/O), or lie in
@@ -39,6 +44,11 @@ struct Piece {
   uint64_t len = 0;
   bool zero = false;
   std::optional<FileRange> file;
+  // Neither zeros nor a file, but already in memory: `len` bytes at `data`, valid while `hold`
+  // lives (a remote object's read-ahead). A taker may use them instead of calling read_at, which
+  // gives the same bytes.
+  const char* data = nullptr;
+  std::shared_ptr<const void> hold = nullptr;
 };
 
 class ByteSource {

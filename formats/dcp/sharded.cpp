@@ -358,7 +358,7 @@ std::optional<FileRange> ShardedTensorSource::file_range(uint64_t off, uint64_t 
   const Chunk& c = ready(runs[0].chunk);
   if (!c.fr) return std::nullopt;
   if (c.fr->guard) c.fr->guard->check_flag();
-  return FileRange{c.fr->fd, c.fr->offset + runs[0].local, c.fr->guard};
+  return FileRange{c.fr->fd, c.fr->offset + runs[0].local, c.fr->guard, c.fr->hold};
 }
 
 }  // namespace nemofs::dcp

@@ -293,6 +293,9 @@ struct HubUrl {
   std::string repo;             // ORG/REPO
   std::string rev = "main";
   std::string path;             // empty: the whole repository
+  // The commit `rev` named when the repository was mounted (hub_commit): a repository mount lists
+  // and fetches every file at it. Empty: files are asked for at `rev`.
+  std::string commit;
 };
 
 HubUrl parse_hf(const std::string& url) {
@@ -335,18 +338,44 @@ std::vector<std::string> hub_headers() {
 ObjectRef hub_ref(const HubUrl& u, const std::string& path) {
   ObjectRef r;
   std::string prefix = u.type == "models" ? "" : "/" + u.type;
-  r.url = hub_endpoint() + prefix + "/" + u.repo + "/resolve/" + uri_encode(u.rev, false) + "/" + uri_encode(path, true);
+  const std::string& at = u.commit.empty() ? u.rev : u.commit;
+  r.url = hub_endpoint() + prefix + "/" + u.repo + "/resolve/" + uri_encode(at, false) + "/" + uri_encode(path, true);
   std::string tp = u.type == "models" ? "" : u.type + "/";
   r.display = "hf://" + tp + u.repo + (u.rev == "main" ? "" : "@" + u.rev) + "/" + path;
   r.cache_name = redact(hub_endpoint()) + " hf://" + tp + u.repo + "/" + path;
   r.headers = hub_headers();
   r.hub = true;
+  r.commit = u.commit;
   return r;
+}
+
+bool is_commit_id(const std::string& s) {
+  return s.size() == 40 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+// The commit a revision names now, as huggingface_hub's snapshot_download asks for it (the
+// revision API's "sha"): one request, none when the revision is a commit id already. A repository
+// mount lists and fetches every file at that commit, so a push while it is mounted (or between
+// the pages of its listing) cannot mix files of two commits.
+std::string hub_commit(const HubUrl& u, const std::string& display) {
+  if (is_commit_id(u.rev)) return u.rev;
+  HttpRequest rq;
+  rq.url = hub_endpoint() + "/api/" + u.type + "/" + u.repo + "/revision/" + uri_encode(u.rev, false);
+  rq.what = display;
+  rq.headers = hub_headers();
+  rq.max_body = 16u << 20;  // the answer lists the repository's files too
+  HttpResponse r = HttpClient::shared().perform(rq, open_policy());
+  if (r.status != 200) refuse(display, r);
+  auto j = nlohmann::json::parse(r.body, nullptr, false);
+  std::string sha = j.is_object() && j.contains("sha") && j["sha"].is_string() ? j["sha"].get<std::string>() : "";
+  if (!is_commit_id(sha)) throw SysError(EIO, display + ": the Hub did not name the commit of revision '" + u.rev + "'");
+  return sha;
 }
 
 std::map<std::string, ObjectRef> hub_list(const HubUrl& u, const std::string& display) {
   std::map<std::string, ObjectRef> out;
-  std::string url = hub_endpoint() + "/api/" + u.type + "/" + u.repo + "/tree/" + uri_encode(u.rev, false) + "?recursive=true";
+  const std::string& at = u.commit.empty() ? u.rev : u.commit;
+  std::string url = hub_endpoint() + "/api/" + u.type + "/" + u.repo + "/tree/" + uri_encode(at, false) + "?recursive=true";
   for (int page = 0; page < 100000 && !url.empty(); ++page) {
     HttpRequest rq;
     rq.url = url;
@@ -447,7 +476,10 @@ Checkpoint open_remote_checkpoint(const std::string& url) {
   }
   if (url.rfind("hf://", 0) == 0) {
     HubUrl u = parse_hf(url);
-    if (u.path.empty()) return from_files(shown, hub_list(u, shown));
+    if (u.path.empty()) {
+      u.commit = hub_commit(u, shown);
+      return from_files(shown, hub_list(u, shown));
+    }
     return from_object(hub_ref(u, u.path));
   }
   throw SysError(EINVAL, shown + ": not a URL nemofs reads (http://, https://, s3://, hf://)");

@@ -25,6 +25,46 @@ namespace {
 ChangeReporter g_reporter = nullptr;
 // Read-ahead parts: blocks per request (each part lands whole, so a reader waits for at most one).
 constexpr uint64_t kPartBlocks = 2;
+constexpr uint64_t kPartBytes = kPartBlocks * kBlock;
+// A stream's read-ahead window grows to this many blocks (32 MiB: 8 parts in flight keep a
+// loopback server's pace; the pool bounds what all streams hold).
+constexpr uint64_t kMaxWindow = 16;
+// Memory parts this far behind a read are let go even when not all of their bytes were handed out
+// (a reader that skipped some). Not closer: the kernel's read-ahead asks for the last pages of a
+// range up to several MiB after the first pages of the next one.
+constexpr uint64_t kBehind = 32u << 20;
+
+// Buffers of memory parts, shared by every object: at most kPoolParts, reused (a fresh buffer
+// would cost a page fault and a zeroed page per 4 KiB, as much as the page cache it replaces).
+class PartPool {
+ public:
+  static constexpr size_t kPoolParts = 16;  // 64 MiB: a full window (8 parts) per stream, twice
+  std::unique_ptr<char[]> take() {
+    std::lock_guard lk(mu_);
+    if (!free_.empty()) {
+      auto b = std::move(free_.back());
+      free_.pop_back();
+      return b;
+    }
+    if (made_ == kPoolParts) return nullptr;
+    ++made_;
+    return std::unique_ptr<char[]>(new char[kPartBytes]);
+  }
+  void give(std::unique_ptr<char[]> b) {
+    std::lock_guard lk(mu_);
+    free_.push_back(std::move(b));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<char[]>> free_;
+  size_t made_ = 0;
+};
+
+PartPool& part_pool() {
+  static PartPool* p = new PartPool;  // never destroyed: parts may outlive static destruction
+  return *p;
+}
 // Off until the serving process turns it on (enable_prefetch): a worker that ran while the mount
 // indexed would be lost by the daemon's fork with its blocks still marked in flight.
 std::atomic<bool> g_prefetch{false};
@@ -121,6 +161,7 @@ void evict_if_needed(bool force = false) {
 struct Job {
   std::weak_ptr<const RemoteSource> src;
   uint64_t b0, b1;
+  bool mem;
 };
 
 class Prefetcher {
@@ -149,7 +190,7 @@ class Prefetcher {
       }
       if (auto s = j.src.lock()) {
         try {
-          s->prefetch(j.b0, j.b1);
+          s->prefetch(j.b0, j.b1, j.mem);
         } catch (...) {
           // A failed prefetch leaves its blocks absent; the reader fetches them and reports.
         }
@@ -182,6 +223,15 @@ void Counters::error(const std::string& e) {
   std::lock_guard lk(mu);
   last_error = e;
 }
+
+struct RemoteSource::MemPart {
+  uint64_t b0 = 0, b1 = 0;
+  std::unique_ptr<char[]> buf;
+  uint64_t served = 0;  // bytes handed out (mu_)
+  ~MemPart() {
+    if (buf) part_pool().give(std::move(buf));
+  }
+};
 
 RemoteSource::RemoteSource(ObjectRef ref) : ref_(std::move(ref)) {}
 RemoteSource::~RemoteSource() = default;
@@ -283,12 +333,13 @@ void RemoteSource::resolve() const {
   rq.head = true;
   rq.follow_redirects = false;
   rq.headers = ref_.headers;
-  std::string url = ref_.url, id, size;
+  std::string url = ref_.url, id, size, commit;
   for (int hop = 0;; ++hop) {
     rq.url = url;
     HttpResponse r = HttpClient::shared().perform(rq, p);
     if (id.empty()) id = r.header("x-linked-etag");
     if (size.empty()) size = r.header("x-linked-size");
+    if (commit.empty()) commit = r.header("x-repo-commit");
     if (r.status == 301 || r.status == 302 || r.status == 303 || r.status == 307 || r.status == 308) {
       std::string loc = r.header("location");
       if (loc.empty()) throw SysError(EIO, ref_.display + ": redirect without a location");
@@ -315,6 +366,10 @@ void RemoteSource::resolve() const {
     throw SysError(EIO, ref_.display + ": the Hub sent a size that is not a number");
   uint64_t n = std::stoull(size);
   auto* self = const_cast<RemoteSource*>(this);
+  // Asked at a commit id, the Hub answers for that commit; another one would be a server that
+  // ignores the revision in the URL, and its bytes could be of any commit.
+  if (!ref_.commit.empty() && !commit.empty() && commit != ref_.commit)
+    changed("the Hub answered for commit " + commit + ", not the mounted " + ref_.commit);
   if (!identity_.empty() && bare_etag(identity_) != bare_etag(id)) changed("the Hub now serves another version");
   if (ref_.size && *ref_.size != n) changed("the Hub now serves another size");
   self->identity_ = bare_etag(id);
@@ -470,25 +525,123 @@ void RemoteSource::fetch(uint64_t b0, uint64_t b1) const {
   evict_if_needed();
 }
 
-void RemoteSource::prefetch(uint64_t b0, uint64_t b1) const {
+void RemoteSource::prefetch(uint64_t b0, uint64_t b1, bool mem) const {
   if (changed_.load()) {
+    if (mem) {
+      std::lock_guard lk(mu_);
+      if (auto it = parts_.find(b0); it != parts_.end()) drop_part_locked(*it->second, kAbsent);
+      cv_.notify_all();
+      return;
+    }
     finish(b0, b1, b0, "changed");
     return;
   }
-  fetch(b0, b1);
+  if (mem) fetch_mem(b0, b1);
+  else fetch(b0, b1);
 }
 
-bool RemoteSource::ensure(uint64_t b) const {
+void RemoteSource::drop_part_locked(const MemPart& part, uint8_t to) const {
+  // Only while it is the part of its blocks: once let go, they may belong to a newer part.
+  auto it = parts_.find(part.b0);
+  if (it == parts_.end() || it->second.get() != &part) return;
+  for (uint64_t b = part.b0; b < part.b1; ++b)
+    if (state_[b] == kMem || state_[b] == kMemFlight) state_[b] = to;
+  parts_.erase(it);  // may destroy `part`
+}
+
+void RemoteSource::fetch_mem(uint64_t b0, uint64_t b1) const {
+  std::shared_ptr<MemPart> part;
+  {
+    std::lock_guard lk(mu_);
+    auto it = parts_.find(b0);
+    if (it == parts_.end()) return;
+    part = it->second;
+  }
+  auto let_go = [&](uint8_t to) {
+    {
+      std::lock_guard lk(mu_);
+      drop_part_locked(*part, to);
+    }
+    cv_.notify_all();
+  };
+  // Blocks another mount (or an earlier one) fetched are served from disk: the part is not asked
+  // for; the blocks of it that are missing get fetched by the reader or a later read-ahead.
+  std::vector<uint64_t> on_disk;
+  for (uint64_t b = b0; b < b1; ++b) {
+    struct stat st {};
+    if (::stat(block_path(b).c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == std::min(kBlock, size_ - b * kBlock))
+      on_disk.push_back(b);
+  }
+  if (!on_disk.empty()) {
+    {
+      std::lock_guard lk(mu_);
+      drop_part_locked(*part, kAbsent);
+      for (uint64_t b : on_disk)
+        if (state_[b] == kAbsent) state_[b] = kPresent;
+    }
+    cv_.notify_all();
+    return;
+  }
+  const uint64_t first = b0 * kBlock, last = std::min(b1 * kBlock, size_) - 1;
+  const uint64_t total = last + 1 - first;
+  uint64_t written = 0;
+  try {
+    HttpRequest rq = data_request(first, last);
+    rq.begin = [&] { written = 0; };
+    rq.write = [&](const char* p, size_t n) {
+      if (written + n > total) return false;
+      std::memcpy(part->buf.get() + written, p, n);
+      written += n;
+      return true;
+    };
+    HttpResponse r = HttpClient::shared().perform(rq, read_policy());
+    check_response(r, first, last);
+    if (written != total) throw SysError(EIO, ref_.display + ": short response (" + std::to_string(written) + " of " + std::to_string(total) + " bytes)");
+  } catch (const std::exception& e) {
+    // The reader fetches the blocks itself (with its own retries) and reports what fails.
+    counters().error(e.what());
+    let_go(kAbsent);
+    return;
+  }
+  counters().cache_misses.fetch_add(b1 - b0);
+  {
+    std::lock_guard lk(mu_);
+    auto it = parts_.find(b0);
+    if (it != parts_.end() && it->second == part)
+      for (uint64_t b = b0; b < b1; ++b)
+        if (state_[b] == kMemFlight) state_[b] = kMem;
+  }
+  cv_.notify_all();
+}
+
+std::shared_ptr<RemoteSource::MemPart> RemoteSource::mem_part(uint64_t b) const {
+  std::unique_lock lk(mu_);
+  cv_.wait(lk, [&] { return state_[b] != kMemFlight; });
+  if (state_[b] != kMem) return nullptr;
+  auto it = parts_.upper_bound(b);
+  if (it != parts_.begin() && (--it)->second->b1 > b) return it->second;
+  state_[b] = kAbsent;  // no part holds it (never expected): fetched as any missing block
+  return nullptr;
+}
+
+void RemoteSource::consume(const std::shared_ptr<MemPart>& part, uint64_t n) const {
+  std::lock_guard lk(mu_);
+  part->served += n;
+  if (part->served >= std::min(part->b1 * kBlock, size_) - part->b0 * kBlock) drop_part_locked(*part, kAbsent);
+}
+
+RemoteSource::Got RemoteSource::ensure(uint64_t b) const {
   std::unique_lock lk(mu_);
   bool waited = false;
   for (;;) {
     uint8_t s = state_[b];
     if (s == kPresent) {
       if (!waited) counters().cache_hits.fetch_add(1);
-      return !waited;
+      return waited ? Got::kMiss : Got::kHit;
     }
-    if (s == kInFlight) {
-      cv_.wait(lk, [&] { return state_[b] != kInFlight; });
+    if (s == kMem) return Got::kMemory;
+    if (s == kInFlight || s == kMemFlight) {
+      cv_.wait(lk, [&] { return state_[b] != kInFlight && state_[b] != kMemFlight; });
       waited = true;
       if (state_[b] == kFailed) throw SysError(EIO, fail_.empty() ? ref_.display + ": read failed" : fail_);
       continue;
@@ -502,15 +655,19 @@ bool RemoteSource::ensure(uint64_t b) const {
       ::utimensat(AT_FDCWD, block_path(b).c_str(), nullptr, 0);
       counters().cache_hits.fetch_add(1);
       finish(b, b + 1, b + 1, {});
-      return true;
+      return Got::kHit;
     }
     fetch(b, b + 1);
-    return false;
+    return Got::kMiss;
   }
 }
 
 void RemoteSource::note_read(uint64_t off, uint64_t len) const {
-  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  struct Run {
+    uint64_t b0, b1;
+    bool mem;
+  };
+  std::vector<Run> runs;
   {
     std::lock_guard lk(mu_);
     ++clock_;
@@ -522,7 +679,7 @@ void RemoteSource::note_read(uint64_t off, uint64_t len) const {
       bool crossed = (end - 1) / kBlock != (s->end ? (s->end - 1) / kBlock : 0);
       s->end = std::max(s->end, end);
       if (s->window == 0) s->window = 2;
-      else if (crossed) s->window = std::min<uint64_t>(s->window * 2, 64);
+      else if (crossed) s->window = std::min<uint64_t>(s->window * 2, kMaxWindow);
       s->used = clock_;
     } else {
       Stream* lru = &streams_[0];
@@ -532,20 +689,51 @@ void RemoteSource::note_read(uint64_t off, uint64_t len) const {
       return;
     }
     if (!g_prefetch.load(std::memory_order_relaxed)) return;
-    const uint64_t from = (end - 1) / kBlock + 1, to = std::min(nblocks_, from + s->window);
+    // Parts the stream left behind unread (the reader skipped them): let go, so the pool serves
+    // what is ahead.
+    for (auto it = parts_.begin(); it != parts_.end() && it->second->b1 * kBlock + kBehind <= off;) {
+      const MemPart& p = *(it++)->second;
+      if (state_[p.b0] == kMem) drop_part_locked(p, kAbsent);
+    }
+    // Parts are aligned to kPartBlocks (the window's end rounded up to one): as the window slides a
+    // block at a time, it still asks for whole parts, not one block per request.
+    const uint64_t from = (end - 1) / kBlock + 1;
+    const uint64_t to = std::min(nblocks_, (from + s->window + kPartBlocks - 1) / kPartBlocks * kPartBlocks);
     uint64_t b = from;
     while (b < to) {
       if (state_[b] != kAbsent && state_[b] != kFailed) {
         ++b;
         continue;
       }
+      const uint64_t slot_end = std::min(to, (b / kPartBlocks + 1) * kPartBlocks);
       uint64_t e = b;
-      while (e < to && e - b < kPartBlocks && (state_[e] == kAbsent || state_[e] == kFailed)) state_[e++] = kInFlight;
-      runs.emplace_back(b, e);
+      while (e < slot_end && (state_[e] == kAbsent || state_[e] == kFailed)) ++e;
+      auto buf = part_pool().take();
+      if (!buf) {
+        // The pool is used up: the oldest part of this object wholly behind this read goes (the
+        // kernel's read-ahead may still ask for a few pages of it, which then come from a block
+        // file). Parts of other objects are not taken (kBehind lets them go).
+        for (auto& [first, p] : parts_)
+          if (p->b1 * kBlock <= off && state_[first] == kMem) {
+            drop_part_locked(*p, kAbsent);  // the buffer is back once no reader holds the part
+            buf = part_pool().take();
+            break;
+          }
+      }
+      const bool mem = buf != nullptr;
+      for (uint64_t x = b; x < e; ++x) state_[x] = mem ? kMemFlight : kInFlight;
+      if (mem) {
+        auto part = std::make_shared<MemPart>();
+        part->b0 = b;
+        part->b1 = e;
+        part->buf = std::move(buf);
+        parts_[b] = std::move(part);
+      }
+      runs.push_back({b, e, mem});
       b = e;
     }
   }
-  for (auto [b0, b1] : runs) prefetcher().push(Job{weak_from_this(), b0, b1});
+  for (const auto& r : runs) prefetcher().push(Job{weak_from_this(), r.b0, r.b1, r.mem});
 }
 
 void RemoteSource::verify() const {
@@ -572,12 +760,63 @@ void RemoteSource::verify() const {
   }
 }
 
-size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
+std::shared_ptr<const UniqueFd> RemoteSource::block_fd(uint64_t b, bool& hit) const {
+  const uint64_t want = std::min(kBlock, size_ - b * kBlock);
+  for (int attempt = 0;; ++attempt) {
+    Got g = ensure(b);
+    if (g == Got::kMemory) return nullptr;
+    if (g == Got::kMiss) hit = false;
+    {
+      std::lock_guard lk(mu_);
+      ++clock_;
+      for (auto& o : open_)
+        if (o.block == b && o.fd) {
+          o.used = clock_;
+          return o.fd;
+        }
+    }
+    UniqueFd fd(::open(block_path(b).c_str(), O_RDONLY | O_CLOEXEC));
+    int err = fd ? 0 : errno;
+    struct stat st {};
+    if (fd && ::fstat(fd.get(), &st) != 0) err = errno;
+    const bool gone = !fd && err == ENOENT;
+    // Not whole: only a file of another writer (blocks are renamed into place whole) or a damaged
+    // disk; checked here because a splice of it would come back short.
+    const bool partial = fd && err == 0 && static_cast<uint64_t>(st.st_size) != want;
+    if (gone || partial) {
+      // Evicted (by this mount or another) since it was fetched, or not whole: fetched again, once.
+      if (partial) ::unlink(block_path(b).c_str());
+      {
+        std::lock_guard lk(mu_);
+        if (state_[b] == kPresent) state_[b] = kAbsent;
+      }
+      if (attempt == 0) continue;
+      throw SysError(EIO, ref_.display + ": cache block " + std::to_string(b) + (gone ? " vanished" : " is not whole") +
+                              " twice in a row");
+    }
+    if (err) throw SysError(EIO, ref_.display + ": cache block: " + std::strerror(err));
+    auto f = std::make_shared<const UniqueFd>(std::move(fd));
+    std::lock_guard lk(mu_);
+    OpenBlock* slot = &open_[0];
+    for (auto& o : open_)
+      if (o.used < slot->used) slot = &o;
+    *slot = OpenBlock{b, f, clock_};
+    return f;
+  }
+}
+
+uint64_t RemoteSource::begin_read(uint64_t off, uint64_t len) const {
   if (changed_.load()) throw SysError(EIO, ref_.display + " changed since it was mounted; remount to see the new object");
   if (off >= size_ || len == 0) return 0;
-  len = static_cast<size_t>(std::min<uint64_t>(len, size_ - off));
+  len = std::min<uint64_t>(len, size_ - off);
   if (last_verify_ms_.load() == 0) last_verify_ms_.store(now_ms());
   note_read(off, len);
+  return len;
+}
+
+size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
+  len = static_cast<size_t>(begin_read(off, len));
+  if (len == 0) return 0;
   char* out = static_cast<char*>(buf);
   uint64_t pos = off;
   const uint64_t end = off + len;
@@ -585,41 +824,18 @@ size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
   while (pos < end) {
     uint64_t b = pos / kBlock, in = pos % kBlock;
     size_t n = static_cast<size_t>(std::min<uint64_t>(end - pos, kBlock - in));
-    for (int attempt = 0;; ++attempt) {
-      if (!ensure(b)) all_hits = false;
-      std::shared_ptr<UniqueFd> f;
-      {
-        std::lock_guard lk(mu_);
-        if (open_block_ == b) f = open_fd_;
-      }
-      if (!f) {
-        int fd = ::open(block_path(b).c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0 && errno == ENOENT && attempt == 0) {
-          // Evicted (by this mount or another) since it was fetched: fetch it again.
-          std::lock_guard lk(mu_);
-          if (state_[b] == kPresent) state_[b] = kAbsent;
-          continue;
-        }
-        if (fd < 0) throw SysError(EIO, ref_.display + ": cache block: " + std::strerror(errno));
-        f = std::make_shared<UniqueFd>(fd);
-        std::lock_guard lk(mu_);
-        open_block_ = b;
-        open_fd_ = f;
-      }
-      size_t got = io::pread_full(f->get(), out + (pos - off), n, in, "cache block");
-      if (got != n) {
-        ::unlink(block_path(b).c_str());
-        std::lock_guard lk(mu_);
-        state_[b] = kAbsent;
-        if (open_block_ == b) {
-          open_block_ = UINT64_MAX;
-          open_fd_.reset();
-        }
-        if (attempt == 0) continue;
-        throw SysError(EIO, ref_.display + ": cache block shorter than expected");
-      }
-      break;
+    if (auto part = mem_part(b)) {
+      // Read ahead into memory: fresh from the server (checked as any fetch), not a cache hit.
+      std::memcpy(out + (pos - off), part->buf.get() + (b - part->b0) * kBlock + in, n);
+      consume(part, n);
+      all_hits = false;
+      pos += n;
+      continue;
     }
+    auto f = block_fd(b, all_hits);
+    if (!f) continue;  // turned into a memory part meanwhile
+    if (io::pread_full(f->get(), out + (pos - off), n, in, "cache block") != n)
+      throw SysError(EIO, ref_.display + ": cache block shorter than expected");
     pos += n;
   }
   // Bytes served from the cache alone are checked against the server now and then (verify), so
@@ -627,6 +843,35 @@ size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
   if (all_hits) verify();
   if (changed_.load()) throw SysError(EIO, ref_.display + " changed since it was mounted; remount to see the new object");
   return len;
+}
+
+void RemoteSource::pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const {
+  // Inside size() (the contract): begin_read clips nothing then.
+  len = begin_read(off, len);
+  uint64_t pos = off;
+  const uint64_t end = off + len;
+  bool all_hits = true;
+  while (pos < end) {
+    uint64_t b = pos / kBlock, in = pos % kBlock;
+    uint64_t n = std::min<uint64_t>(end - pos, kBlock - in);
+    if (auto part = mem_part(b)) {
+      // Read ahead into memory: handed out in place (the share keeps the buffer until the taker
+      // is done), fresh from the server, not a cache hit.
+      out.push_back(Piece{n, false, std::nullopt, part->buf.get() + (b - part->b0) * kBlock + in, part});
+      consume(part, n);
+      all_hits = false;
+      pos += n;
+      continue;
+    }
+    auto f = block_fd(b, all_hits);
+    if (!f) continue;  // turned into a memory part meanwhile
+    // A block file holds bytes of the pinned object only (its key names the identity), so the
+    // span needs no guard; the share keeps the descriptor open until the taker is done.
+    out.push_back(Piece{n, false, FileRange{f->get(), in, nullptr, f}});
+    pos += n;
+  }
+  if (all_hits) verify();
+  if (changed_.load()) throw SysError(EIO, ref_.display + " changed since it was mounted; remount to see the new object");
 }
 
 }  // namespace nemofs::remote

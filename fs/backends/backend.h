@@ -46,6 +46,12 @@ struct ReadSegment {
   size_t len = 0;
   size_t mem_off = 0; // < 0 fd: offset into ReadResult::memory
   const SourceGuard* guard = nullptr;  // file segments of a source file: its identity check
+  // Keeps fd open until the reply is sent (FileRange::hold: a remote object's cache block); such a
+  // descriptor may be closed and its number reused once the reply is done.
+  std::shared_ptr<const void> hold = nullptr;
+  // fd < 0 and set: the bytes are here (kept by `hold`), not in ReadResult::memory.
+  const char* data = nullptr;
+  const char* bytes(const std::unique_ptr<char[]>& memory) const { return data ? data : memory.get() + mem_off; }
 };
 struct ReadResult {
   std::vector<ReadSegment> segments;

@@ -107,7 +107,7 @@ void read_source(const ByteSource& src, uint64_t off, size_t size, ReadResult& o
   if (off >= total || size == 0) return;
   size_t n = static_cast<size_t>(std::min<uint64_t>(size, total - off));
   if (auto fr = src.file_range(off, n)) {
-    out.segments.push_back(ReadSegment{fr->fd, fr->offset, n, 0, fr->guard});
+    out.segments.push_back(ReadSegment{fr->fd, fr->offset, n, 0, fr->guard, fr->hold});
     return;
   }
   // Pieces: file spans are spliced; holes (a sparse member) are zeros without any I/O; the rest
@@ -116,13 +116,15 @@ void read_source(const ByteSource& src, uint64_t off, size_t size, ReadResult& o
   src.pieces(off, n, pieces);
   size_t mem = 0;
   for (const auto& p : pieces)
-    if (!p.file) mem += p.len;
+    if (!p.file && !p.data) mem += p.len;
   if (mem) out.memory.reset(new char[mem]);
   size_t mem_off = 0, pos = 0;
   for (const auto& p : pieces) {
     size_t len = static_cast<size_t>(p.len);
     if (p.file) {
-      out.segments.push_back(ReadSegment{p.file->fd, p.file->offset, len, 0, p.file->guard});
+      out.segments.push_back(ReadSegment{p.file->fd, p.file->offset, len, 0, p.file->guard, p.file->hold});
+    } else if (p.data) {
+      out.segments.push_back(ReadSegment{-1, 0, len, 0, nullptr, p.hold, p.data});
     } else {
       char* dst = out.memory.get() + mem_off;
       if (p.zero) {
@@ -135,7 +137,8 @@ void read_source(const ByteSource& src, uint64_t off, size_t size, ReadResult& o
           throw SysError(EIO, src.describe() + ": " + std::to_string(got) + " of " + std::to_string(len) +
                                   " bytes at " + std::to_string(off + pos) + " could be read");
       }
-      if (!out.segments.empty() && out.segments.back().fd < 0 && out.segments.back().mem_off + out.segments.back().len == mem_off)
+      if (!out.segments.empty() && out.segments.back().fd < 0 && !out.segments.back().data &&
+          out.segments.back().mem_off + out.segments.back().len == mem_off)
         out.segments.back().len += len;
       else
         out.segments.push_back(ReadSegment{-1, 0, len, mem_off, nullptr});

@@ -147,6 +147,8 @@ void stream(const ByteSource& img, int out, bool regular, Progress& progress) {
         }
       } else if (p.zero && regular) {
         // A hole: the final ftruncate gives the file its size; nothing to write.
+      } else if (p.data) {
+        write_mem(p.data, static_cast<size_t>(p.len), at);  // in memory already (a remote read-ahead)
       } else {
         for (uint64_t done = 0; done < p.len;) {
           check_interrupt();

@@ -7,9 +7,11 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -18,6 +20,7 @@
 #include <memory>
 #include <new>
 #include <system_error>
+#include <vector>
 
 #include "formats/core/errors.h"
 #include "formats/core/io.h"
@@ -411,7 +414,7 @@ bool reply_spliced(fuse_req_t req, const ReadResult& r, size_t total) {
   } on_throw;
   int w = t_pipe.write_end();
   for (const auto& s : r.segments) {
-    bool ok = s.fd >= 0 ? splice_segment(s, w) : write_memory(r.memory.get() + s.mem_off, s.len, w);
+    bool ok = s.fd >= 0 ? splice_segment(s, w) : write_memory(s.bytes(r.memory), s.len, w);
     if (!ok) {
       t_pipe.reset();
       on_throw.armed = false;
@@ -438,7 +441,7 @@ void reply_copied(fuse_req_t req, const ReadResult& r, size_t total) {
       size_t got = io::pread_full(s.fd, buf.get() + at, s.len, s.pos);
       if (got != s.len) short_segment(s, got);
     } else {
-      std::memcpy(buf.get() + at, r.memory.get() + s.mem_off, s.len);
+      std::memcpy(buf.get() + at, s.bytes(r.memory), s.len);
     }
     at += s.len;
   }
@@ -455,13 +458,24 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
       return;
     }
     if (r.segments.size() == 1 && r.segments[0].fd < 0) {
-      fuse_reply_buf(req, r.memory.get() + r.segments[0].mem_off, r.segments[0].len);
+      fuse_reply_buf(req, r.segments[0].bytes(r.memory), r.segments[0].len);
+      return;
+    }
+    // Bytes in memory only (a remote object's read-ahead parts, a span across two of them): one
+    // writev from where they are, not a copy into a pipe first.
+    if (std::none_of(r.segments.begin(), r.segments.end(), [](const ReadSegment& s) { return s.fd >= 0; })) {
+      std::vector<iovec> iov;
+      iov.reserve(r.segments.size());
+      for (const auto& s : r.segments) iov.push_back(iovec{const_cast<char*>(s.bytes(r.memory)), s.len});
+      fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
       return;
     }
     // Before taking the bytes: the read-ahead hint then runs while this reply waits for its own.
+    // Not for a held segment (a remote object's cache block): the remote source reads ahead by
+    // itself, its blocks were just written (in the page cache), and the descriptor closes soon.
     if (g_prefetch.running())
       for (const auto& s : r.segments)
-        if (s.fd >= 0) g_prefetch.note(s.fd, s.pos, s.len);
+        if (s.fd >= 0 && !s.hold) g_prefetch.note(s.fd, s.pos, s.len);
     size_t total = r.total();
     // Under two pages libfuse copies instead of splicing anyway (fuse_send_data_iov): one pread
     // here costs fewer system calls than a splice into the pipe and a read back out of it.

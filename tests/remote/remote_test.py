@@ -274,6 +274,41 @@ class Fixtures(unittest.TestCase):
         self.assertFalse(any(l.startswith("GET /org/tiny-llama/resolve/") for l in reqs))
 
 
+    def test_hub_repository_pinned_to_one_commit(self):
+        """A repository mount lists and fetches every file at the commit its revision named when it
+        was mounted. The server here is caught mid-push: the revision API and the listing of main
+        still say c1, resolve/main/ already answers with c2's files (every tensor byte differs).
+        A mount that asked for files at main would meet another version than the listing's (EIO);
+        pinned, it shows c1 whole, bytes read after the mount included, and never asks for main
+        again. A commit id as the revision is used as is (no revision request)."""
+        c1, c2 = "1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222"
+        www = os.path.join(T, "www")
+        for seed, tag in ((1, "v1"), (2, "v2")):
+            d = os.path.join(www, "pinned-" + tag)
+            os.makedirs(d)
+            with open(os.path.join(d, "config.json"), "w") as f:
+                f.write('{"model_type": "llama"}\n')
+            # 12 MiB: t2..t5 lie in blocks no mount reads, fetched when read below.
+            big_safetensors(os.path.join(d, "model.safetensors"), seed=seed)
+        n = servers.Nginx(tempfile.mkdtemp(dir=T), www,
+                          hub={"org/pinned": {"main": c1, "main_resolve": c2, c1: "pinned-v1", c2: "pinned-v2"}}).start()
+        try:
+            e = env(HF_ENDPOINT=n.endpoint(), XDG_CACHE_HOME=os.path.join(T, "cache-pinned"))
+            with Mount(os.path.join(www, "pinned-v1")) as v1, Mount("hf://org/pinned", e, "ro") as m:
+                self.assertEqual(tree_of(m.mp), tree_of(v1.mp))
+            reqs = n.requests()
+            self.assertIn("GET /api/models/org/pinned/revision/main - 200", reqs)
+            self.assertTrue(any(l.startswith("GET /api/models/org/pinned/tree/%s " % c1) for l in reqs), reqs)
+            self.assertTrue(any(l.startswith("HEAD /org/pinned/resolve/%s/model.safetensors " % c1) for l in reqs), reqs)
+            self.assertFalse(any("/resolve/main/" in l or "/tree/main" in l for l in reqs), reqs)
+            self.assertTrue(any(l.startswith("GET /cdn/pinned-v1/model.safetensors bytes=") for l in reqs), reqs)
+            before = len(reqs)
+            with Mount(os.path.join(www, "pinned-v2")) as v2, Mount("hf://org/pinned@" + c2, e, "ro") as m:
+                self.assertEqual(tree_of(m.mp), tree_of(v2.mp))
+            self.assertFalse(any("/revision/" in l for l in n.requests()[before:]))
+        finally:
+            n.stop()
+
 class Requests(unittest.TestCase):
     def test_cold_budget_then_warm_mount_sends_no_data_request(self):
         f = "nemo/megatron_gpt.nemo"

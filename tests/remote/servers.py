@@ -59,10 +59,14 @@ class Nginx:
     """nginx in the foreground, one process (master_process off), serving `www`:
       /files/PATH                       the file, with Range and ETag (nginx's "mtime-size")
       /slow/PATH                        the same at `slow_rate` bytes per second (limit_rate)
-      /ORG/REPO/resolve/REV/PATH        the Hub: 302 to /cdn/REPO/PATH with X-Linked-Etag (sha256),
+      /ORG/REPO/resolve/REV/PATH        the Hub: 302 to /cdn/FOLDER/PATH with X-Linked-Etag (sha256),
                                         X-Linked-Size, X-Repo-Commit
       /api/models/ORG/REPO/tree/REV     the Hub's tree API (static JSON)
-    `hub` maps "ORG/REPO" to a folder below www; `port` may be given to restart on the same port."""
+      /api/models/ORG/REPO/revision/REV the revision API: {"sha": COMMIT, ...}
+    `hub` maps "ORG/REPO" to a folder below www (commit COMMIT, named by main), or to
+    {"main": C1, C1: folder1, C2: folder2}: REV is main or a commit id, each commit its own folder
+    (and "main_resolve": C2 makes resolve/main/... answer for C2 while the listing's main is C1).
+    `port` may be given to restart on the same port (a "push": main names another commit)."""
 
     COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -82,31 +86,49 @@ class Nginx:
 
     def _hub_locations(self):
         out = []
-        for repo, folder in self.hub.items():
-            root = os.path.join(self.www, folder)
-            tree = []
-            for dirpath, _, files in os.walk(root):
-                for name in sorted(files):
-                    full = os.path.join(dirpath, name)
-                    rel = os.path.relpath(full, root)
-                    size = os.path.getsize(full)
-                    sha = sha256_file(full)
-                    tree.append({"type": "file", "oid": sha[:40], "size": size, "path": rel,
-                                 "lfs": {"oid": sha, "size": size, "pointerSize": 130}})
-                    out.append(
-                        "location = /%s/resolve/main/%s {\n"
-                        "  add_header X-Linked-Etag '\"%s\"' always;\n"
-                        "  add_header X-Linked-Size %d always;\n"
-                        "  add_header X-Repo-Commit %s always;\n"
-                        "  return 302 /cdn/%s/%s;\n}\n" % (repo, rel, sha, size, self.COMMIT, folder, rel))
-            tree_file = os.path.join(self.tmp, "tree-%s.json" % repo.replace("/", "_"))
-            with open(tree_file, "w") as f:
-                json.dump(tree, f)
+        for repo, spec in self.hub.items():
+            # "folder": one commit (COMMIT) that main names; or {"main": C, C: folder, C2: folder2, ...}:
+            # several commits, each its own folder (the CDN's locations are per content, as the Hub's).
+            commits = {"main": self.COMMIT, self.COMMIT: spec} if isinstance(spec, str) else spec
+            for rev, folder in commits.items():
+                if rev in ("main", "main_resolve"):
+                    continue
+                # "main_resolve": resolve/main/... answers for another commit than the listing's
+                # main (a push that lands between a client's listing and its file requests).
+                revs = [rev] + (["main"] if commits["main"] == rev else [])
+                resolve_revs = [rev] + (["main"] if commits.get("main_resolve", commits["main"]) == rev else [])
+                root = os.path.join(self.www, folder)
+                tree = []
+                for dirpath, _, files in os.walk(root):
+                    for name in sorted(files):
+                        full = os.path.join(dirpath, name)
+                        rel = os.path.relpath(full, root)
+                        size = os.path.getsize(full)
+                        sha = sha256_file(full)
+                        tree.append({"type": "file", "oid": sha[:40], "size": size, "path": rel,
+                                     "lfs": {"oid": sha, "size": size, "pointerSize": 130}})
+                        for r in resolve_revs:
+                            out.append(
+                                "location = /%s/resolve/%s/%s {\n"
+                                "  add_header X-Linked-Etag '\"%s\"' always;\n"
+                                "  add_header X-Linked-Size %d always;\n"
+                                "  add_header X-Repo-Commit %s always;\n"
+                                "  return 302 /cdn/%s/%s;\n}\n" % (repo, r, rel, sha, size, rev, folder, rel))
+                tree_file = os.path.join(self.tmp, "tree-%s-%s.json" % (repo.replace("/", "_"), rev))
+                with open(tree_file, "w") as f:
+                    json.dump(tree, f)
+                # The revision API (huggingface_hub's repo_info): the commit a revision names.
+                rev_file = os.path.join(self.tmp, "revision-%s-%s.json" % (repo.replace("/", "_"), rev))
+                with open(rev_file, "w") as f:
+                    json.dump({"id": repo, "sha": rev, "siblings": [{"rfilename": t["path"]} for t in tree]}, f)
+                for r in revs:
+                    out.append("location = /api/models/%s/tree/%s {\n  default_type application/json;\n"
+                               "  alias %s;\n}\n" % (repo, r, tree_file))
+                    out.append("location = /api/models/%s/revision/%s {\n  default_type application/json;\n"
+                               "  alias %s;\n}\n" % (repo, r, rev_file))
             # A renamed repository: the Hub redirects on itself, without X-Linked-Etag.
             out.append("location /%s-renamed/resolve/ {\n  rewrite ^/%s-renamed/(.*)$ /%s/$1 redirect;\n}\n"
                        % (repo, repo, repo))
-            out.append("location = /api/models/%s/tree/main {\n  default_type application/json;\n"
-                       "  alias %s;\n}\n" % (repo, tree_file))
         return "".join(out)
 
     def _tls(self):

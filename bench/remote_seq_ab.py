@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Sequential cold read of a 1 GiB tensor through remote mounts, paired with curl, several rounds.
+
+Each round, for every binary given: `curl -o /dev/null` of the tensor's range, then a mount with an
+empty cache and a read of the tensor (1 MiB reads), then curl again; the ratio of that round is
+curl's median time / the mount's time. Interleaving keeps a busy machine's swings on both sides.
+Also a warm-cache read (blocks on disk, fresh mount) per round. Beside the times, the CPU seconds
+each side used (the daemon, the reading process and nginx; curl and nginx): on a busy machine the
+times swing with the share of CPU each side gets, the CPU seconds much less.
+
+usage: remote_seq_ab.py WORKDIR ROUNDS NEMOFS [NEMOFS2 ...]   (run from the repository root)
+"""
+
+import json
+import os
+import resource
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "remote"))
+import servers  # noqa: E402
+
+BIG = 1 << 30
+
+
+def make_nemo(path, W):
+    st = os.path.join(W, "model_weights.safetensors")
+    header = {"big": {"dtype": "F32", "shape": [BIG // 4], "data_offsets": [0, BIG]}}
+    hj = json.dumps(header).encode()
+    hj += b" " * (-len(hj) % 8)
+    chunk = bytearray(os.urandom(1 << 20))
+    with open(st, "wb") as f:
+        f.write(struct.pack("<Q", len(hj)) + hj)
+        for i in range(BIG >> 20):
+            chunk[0:8] = struct.pack("<Q", i)
+            f.write(chunk)
+    with tarfile.open(path, "w:") as tar:
+        cfg = os.path.join(W, "model_config.yaml")
+        with open(cfg, "w") as f:
+            f.write("target: bench.Model\n")
+        tar.add(cfg, "./model_config.yaml")
+        tar.add(st, "./model_weights.safetensors")
+    os.unlink(st)
+    with tarfile.open(path) as tar:
+        m = tar.getmember("./model_weights.safetensors")
+    return m.offset_data + 8 + len(hj)
+
+
+def cpu_of(pid):
+    """utime + stime of a process, seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def daemon_pid(b, mp):
+    for e in json.loads(subprocess.run([b, "status", "--json"], capture_output=True, text=True).stdout):
+        if e["mountpoint"] == os.path.realpath(mp):
+            return e["pid"]
+    raise RuntimeError("no daemon for " + mp)
+
+
+def read_all(path):
+    t0 = time.monotonic()
+    got = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            got += len(b)
+    assert got == BIG, got
+    return time.monotonic() - t0
+
+
+def curl(url, off):
+    t0 = time.monotonic()
+    subprocess.run(["curl", "-s", "-o", "/dev/null", "-r", "%d-%d" % (off, off + BIG - 1), url], check=True)
+    return time.monotonic() - t0
+
+
+def main(W, ROUNDS, BINS):
+    www = os.path.join(W, "www")
+    os.makedirs(www, exist_ok=True)
+    nemo = os.path.join(www, "big.nemo")
+    off = make_nemo(nemo, W)
+    with open(nemo, "rb") as f:
+        while f.read(16 << 20):
+            pass
+    n = servers.Nginx(W, www).start()
+    url = n.url("big.nemo")
+    mp = os.path.join(W, "mnt")
+    os.makedirs(mp, exist_ok=True)
+    ratios = {b: [] for b in BINS}
+    warm = {b: [] for b in BINS}
+    cpu = {b: [] for b in BINS}
+    try:
+        for r in range(ROUNDS):
+            for b in BINS:
+                cache = os.path.join(W, "cache")
+                shutil.rmtree(cache, ignore_errors=True)
+                e = dict(os.environ, XDG_CACHE_HOME=cache)
+                ng = n.proc.pid
+                n0, k0 = cpu_of(ng), children_cpu()
+                c1 = curl(url, off)
+                curl_cpu = cpu_of(ng) - n0 + children_cpu() - k0
+                subprocess.run([b, "mount", "-o", "ro" + os.environ.get("MOUNT_OPTS", ""), url, mp], env=e, check=True)
+                d = daemon_pid(b, mp)
+                d0, s0, n0 = cpu_of(d), self_cpu(), cpu_of(ng)
+                t = read_all(os.path.join(mp, "model_weights.safetensors.tensors", "big"))
+                mount_cpu = cpu_of(d) - d0 + self_cpu() - s0 + cpu_of(ng) - n0
+                subprocess.run([b, "umount", mp], check=True)
+                c2 = curl(url, off)
+                subprocess.run([b, "mount", "-o", "ro" + os.environ.get("MOUNT_OPTS", ""), url, mp], env=e, check=True)
+                d = daemon_pid(b, mp)
+                d0, s0 = cpu_of(d), self_cpu()
+                tw = read_all(os.path.join(mp, "model_weights.safetensors.tensors", "big"))
+                warm_cpu = cpu_of(d) - d0 + self_cpu() - s0
+                subprocess.run([b, "umount", mp], check=True)
+                c = (c1 + c2) / 2
+                ratios[b].append(c / t)
+                warm[b].append(c / tw)
+                cpu[b].append((mount_cpu, warm_cpu, curl_cpu))
+                print("round %d %s: cold %.0f MiB/s, warm %.0f MiB/s, curl %.0f MiB/s: cold %.2fx warm %.2fx; "
+                      "CPU s cold %.2f warm %.2f curl %.2f (load %.1f)"
+                      % (r, b, 1024 / t, 1024 / tw, 1024 / c, c / t, c / tw, mount_cpu, warm_cpu, curl_cpu,
+                         os.getloadavg()[0]), flush=True)
+    finally:
+        if os.path.ismount(mp):
+            subprocess.run(["fusermount3", "-u", "-z", mp])
+        n.stop()
+    for b in BINS:
+        print("%s: cold/curl median %.2fx (%s), warm/curl median %.2fx; CPU s per GiB, medians: cold %.2f, warm %.2f, "
+              "curl %.2f" % (b, statistics.median(ratios[b]), " ".join("%.2f" % x for x in ratios[b]),
+                             statistics.median(warm[b]), *(statistics.median(x[i] for x in cpu[b]) for i in range(3))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
