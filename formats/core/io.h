@@ -79,6 +79,9 @@ std::optional<std::string> read_file(const std::string& path);
 
 // ---- Writing (fault steps).
 void pwrite_full(int fd, const void* buf, size_t len, uint64_t off, const std::string& what = "write");
+// pwrite_full for large buffers: the bytes go into the file by vmsplice + splice (see io.cpp for
+// why), falling back to pwrite where the file cannot take spliced pages.
+void pwrite_spliced(int fd, const void* buf, size_t len, uint64_t off, const std::string& what = "write");
 void write_full(int fd, const void* buf, size_t len, const std::string& what = "write");
 void ftruncate(int fd, uint64_t size, const std::string& what = "truncate");
 void fsync(int fd, const std::string& what = "fsync");

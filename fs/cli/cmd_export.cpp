@@ -104,7 +104,7 @@ void stream(const ByteSource& img, int out, bool regular, Progress& progress) {
   std::vector<Piece> pieces;
   uint64_t pos = 0;
   auto write_mem = [&](const char* p, size_t n, uint64_t at) {
-    if (regular) io::pwrite_full(out, p, n, at, "write");
+    if (regular) io::pwrite_spliced(out, p, n, at, "write");
     else io::write_full(out, p, n, "write");
   };
   while (pos < total) {

@@ -71,3 +71,35 @@ TEST(CopyRange, StopsExactlyAtTheSourcesEnd) {
 
 }  // namespace
 }  // namespace nemofs
+
+namespace nemofs {
+namespace {
+
+// io::pwrite_spliced (the export's writes of assembled bytes): vmsplice + splice in pipe-fulls,
+// at unaligned offsets, must leave exactly pwrite's bytes; a small buffer goes by pwrite, and a
+// file that cannot take spliced pages (O_APPEND: splice refuses it) falls back to pwrite too.
+TEST(PwriteSpliced, WritesExactlyWhatPwriteWould) {
+  testing::ScratchDir d;
+  const std::string a = random_bytes((4u << 20) + 333, 11), b = random_bytes(1000, 12);
+  std::string expect(112, 'h');
+  std::string path = d.write("out", expect);
+  {
+    UniqueFd out = io::open(path, O_WRONLY);
+    io::pwrite_spliced(out.get(), a.data(), a.size(), 112);
+    io::pwrite_spliced(out.get(), b.data(), b.size(), 112 + a.size());
+    io::pwrite_spliced(out.get(), a.data(), 70000, 5);  // over what was written: overwrites
+  }
+  expect += a + b;
+  expect.replace(5, 70000, a.substr(0, 70000));
+  EXPECT_EQ(read_file(path), expect);
+
+  std::string app = d.write("append", "x");
+  {
+    UniqueFd out = io::open(app, O_WRONLY | O_APPEND);
+    io::pwrite_spliced(out.get(), a.data(), a.size(), 1);  // O_APPEND: lands at the end, as pwrite
+  }
+  EXPECT_EQ(read_file(app), "x" + a);
+}
+
+}  // namespace
+}  // namespace nemofs
