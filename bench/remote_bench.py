@@ -16,48 +16,18 @@ import json
 import os
 import random
 import statistics
-import struct
 import subprocess
 import sys
-import tarfile
 import time
 
 NEMOFS, ROOT, W, SIZE_GIB = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 sys.path.insert(0, os.path.join(ROOT, "tests", "remote"))
 import servers  # noqa: E402
 
-BIG = 1 << 30
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import remote_nemo  # noqa: E402
 
-
-def make_nemo(path):
-    st = os.path.join(W, "model_weights.safetensors")
-    filler = max(0, (SIZE_GIB << 30) - BIG)
-    header = {"big": {"dtype": "F32", "shape": [BIG // 4], "data_offsets": [0, BIG]},
-              "filler": {"dtype": "U8", "shape": [filler], "data_offsets": [BIG, BIG + filler]}}
-    hj = json.dumps(header).encode()
-    hj += b" " * (-len(hj) % 8)
-    chunk = bytearray(os.urandom(1 << 20))
-    with open(st, "wb") as f:
-        f.write(struct.pack("<Q", len(hj)) + hj)
-        left = BIG + filler
-        i = 0
-        while left:
-            chunk[0:8] = struct.pack("<Q", i)  # every MiB differs
-            n = min(left, len(chunk))
-            f.write(chunk[:n])
-            left -= n
-            i += 1
-    with tarfile.open(path, "w:") as tar:
-        cfg = os.path.join(W, "model_config.yaml")
-        with open(cfg, "w") as f:
-            f.write("target: bench.Model\n")
-        tar.add(cfg, "./model_config.yaml")
-        tar.add(st, "./model_weights.safetensors")
-    os.unlink(st)
-    with tarfile.open(path) as tar:
-        m = tar.getmember("./model_weights.safetensors")
-        members = len(tar.getmembers())
-    return m.offset_data + 8 + len(hj), members  # where `big` starts in the .nemo
+BIG = remote_nemo.BIG
 
 
 def env(cache):
@@ -101,7 +71,7 @@ def main():
     os.makedirs(www)
     nemo = os.path.join(www, "big.nemo")
     t0 = time.monotonic()
-    big_off, members = make_nemo(nemo)
+    big_off, members = remote_nemo.make_nemo(nemo, W, SIZE_GIB)
     print("# %d GiB .nemo written in %.1f s; tensor `big` at byte %d" % (SIZE_GIB, time.monotonic() - t0, big_off))
     with open(nemo, "rb") as f:  # the server reads from the page cache for every contender alike
         while f.read(16 << 20):

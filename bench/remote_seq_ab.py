@@ -16,40 +16,18 @@ import os
 import resource
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
-import tarfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "remote"))
 import servers  # noqa: E402
 
-BIG = 1 << 30
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import remote_nemo  # noqa: E402
 
-
-def make_nemo(path, W):
-    st = os.path.join(W, "model_weights.safetensors")
-    header = {"big": {"dtype": "F32", "shape": [BIG // 4], "data_offsets": [0, BIG]}}
-    hj = json.dumps(header).encode()
-    hj += b" " * (-len(hj) % 8)
-    chunk = bytearray(os.urandom(1 << 20))
-    with open(st, "wb") as f:
-        f.write(struct.pack("<Q", len(hj)) + hj)
-        for i in range(BIG >> 20):
-            chunk[0:8] = struct.pack("<Q", i)
-            f.write(chunk)
-    with tarfile.open(path, "w:") as tar:
-        cfg = os.path.join(W, "model_config.yaml")
-        with open(cfg, "w") as f:
-            f.write("target: bench.Model\n")
-        tar.add(cfg, "./model_config.yaml")
-        tar.add(st, "./model_weights.safetensors")
-    os.unlink(st)
-    with tarfile.open(path) as tar:
-        m = tar.getmember("./model_weights.safetensors")
-    return m.offset_data + 8 + len(hj)
+BIG = remote_nemo.BIG
 
 
 def cpu_of(pid):
@@ -99,7 +77,7 @@ def main(W, ROUNDS, BINS):
     www = os.path.join(W, "www")
     os.makedirs(www, exist_ok=True)
     nemo = os.path.join(www, "big.nemo")
-    off = make_nemo(nemo, W)
+    off, _ = remote_nemo.make_nemo(nemo, W)
     with open(nemo, "rb") as f:
         while f.read(16 << 20):
             pass

@@ -22,21 +22,6 @@ import hostile  # noqa: E402
 MiB = 1 << 20
 
 
-def write_nemo(path, members):
-    cfg = b"name: x\n"
-    with open(path, "wb") as f:
-        f.write(hostile.tar_header("./model_config.yaml", len(cfg)))
-        f.write(cfg + bytes(-len(cfg) % 512))
-        base = hostile.tar_header("./e0000000")
-        for i in range(members):
-            h = bytearray(base)
-            h[0:10] = b"./e%07d" % i
-            h[148:156] = b" " * 8
-            h[148:156] = b"%06o\0 " % sum(h)
-            f.write(h)
-        f.write(bytes(1024))
-
-
 def peak(nemofs, path, how, last):
     if how.startswith("inspect"):
         argv = [nemofs, "inspect"] + (["--json"] if how == "inspect --json" else []) + [path]
@@ -67,8 +52,8 @@ def main():
         return 1
     with tempfile.TemporaryDirectory(prefix="nemofs-tarmem-") as d:
         big, small = os.path.join(d, "members.nemo"), os.path.join(d, "one.nemo")
-        write_nemo(big, n)
-        write_nemo(small, 1)
+        hostile.write_members_nemo(big, n)
+        hostile.write_members_nemo(small, 1)
         print("load: %s" % open("/proc/loadavg").read().strip())
         print("| run | binary | baseline (1 member) | %d members | per member |" % n)
         print("|---|---|---|---|---|")

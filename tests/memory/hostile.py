@@ -324,15 +324,18 @@ def case_safetensors_header(d):
     return path, None
 
 
-def case_tar_members(d):
-    # 300,000 empty members in a .nemo (153 MiB of headers: the minimum this shape takes).
-    path = os.path.join(d, "members.nemo")
-    cfg = b"name: x\n"
+MEMBERS_CFG = b"name: x\n"
+
+
+def write_members_nemo(path, members):
+    # A .nemo of a config (MEMBERS_CFG) and `members` empty members (512 bytes of header each: the
+    # minimum).
+    cfg = MEMBERS_CFG
     with open(path, "wb") as f:
         f.write(tar_header("./model_config.yaml", len(cfg)))
         f.write(cfg + bytes(-len(cfg) % 512))
         base = tar_header("./e0000000")
-        for i in range(300_000):
+        for i in range(members):
             h = bytearray(base)
             h[0:10] = b"./e%07d" % i
             h[148:156] = b" " * 8
@@ -340,11 +343,17 @@ def case_tar_members(d):
             f.write(h)
         f.write(bytes(1024))
 
+
+def case_tar_members(d):
+    # 300,000 empty members in a .nemo (153 MiB of headers: the minimum this shape takes).
+    path = os.path.join(d, "members.nemo")
+    write_members_nemo(path, 300_000)
+
     def check(mp):
         # Not a listing: readdir of 300,000 entries through FUSE makes the kernel look each one up,
         # and the daemon's per-inode state for them is a cost of its own (bench/RESULTS.md).
         with open(os.path.join(mp, "model_config.yaml"), "rb") as f:
-            if f.read() != cfg:
+            if f.read() != MEMBERS_CFG:
                 return "model_config.yaml reads wrong"
         return None if os.path.exists(os.path.join(mp, "e0299999")) else "e0299999 is missing"
     return path, check
