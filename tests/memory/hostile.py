@@ -523,7 +523,10 @@ def run_mount(nemofs, path, mp, check, options=()):
             problem = check(mp) if check else None
         except OSError as e:
             problem = "read failed: %s" % e
-        subprocess.run(["fusermount3", "-u", mp], check=False)
+        except Exception as e:  # a check's own bug: reported, and the mount still goes away
+            problem = "check raised %r" % e
+        finally:
+            subprocess.run(["fusermount3", "-u", mp], check=False)
     elif helper.poll() is None:
         problem = "the mount did not answer in 120 s"
         subprocess.run(["fusermount3", "-u", mp], check=False, stderr=subprocess.DEVNULL)
