@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -147,6 +149,52 @@ std::optional<std::string> read_file(const std::string& path) {
     body.append(buf, static_cast<size_t>(n));
   }
   return body;
+}
+
+namespace {
+
+// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape_mountinfo(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size()) {
+      int v = 0;
+      bool ok = true;
+      for (int k = 1; k <= 3; ++k) {
+        char c = s[i + k];
+        if (c < '0' || c > '7') ok = false;
+        else v = v * 8 + (c - '0');
+      }
+      if (ok) {
+        out += static_cast<char>(v);
+        i += 3;
+        continue;
+      }
+    }
+    out += s[i];
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<MountEntry> mounts() {
+  std::vector<MountEntry> out;
+  std::ifstream f("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+    std::istringstream ss(line);
+    std::string id, parent, dev, root, mp;
+    ss >> id >> parent >> dev >> root >> mp;
+    std::string tok;
+    while (ss >> tok && tok != "-") {
+    }
+    std::string fstype, source;
+    ss >> fstype >> source;
+    out.push_back(MountEntry{dev, unescape_mountinfo(mp), fstype, unescape_mountinfo(source)});
+  }
+  return out;
 }
 
 void pwrite_full(int fd, const void* buf, size_t len, uint64_t off, const std::string& what) {

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace nemofs {
 
@@ -76,6 +77,15 @@ void pread_exact(int fd, void* buf, size_t len, uint64_t off, const std::string&
 size_t preadv_full(int fd, iovec* iov, size_t count, uint64_t off, const std::string& what = "preadv");
 // A whole file (a journal, a state file). nullopt when it does not exist.
 std::optional<std::string> read_file(const std::string& path);
+
+// One line of /proc/self/mountinfo: the device (MAJ:MIN), mount point, type and source, with the
+// kernel's \ooo escapes (space, tab, newline, backslash) undone.
+struct MountEntry {
+  std::string dev, mountpoint, fstype, source;
+};
+// Every mount this process sees, in mountinfo's order (the last of a mount point is the top of
+// its stack); empty when mountinfo cannot be read.
+std::vector<MountEntry> mounts();
 
 // ---- Writing (fault steps).
 void pwrite_full(int fd, const void* buf, size_t len, uint64_t off, const std::string& what = "write");

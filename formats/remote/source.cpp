@@ -815,39 +815,27 @@ uint64_t RemoteSource::begin_read(uint64_t off, uint64_t len) const {
 }
 
 size_t RemoteSource::read_at(uint64_t off, void* buf, size_t len) const {
-  len = static_cast<size_t>(begin_read(off, len));
-  if (len == 0) return 0;
+  len = off >= size_ ? 0 : static_cast<size_t>(std::min<uint64_t>(len, size_ - off));
+  // The same walk as a spliced read (pieces: read-ahead parts in memory, block files on disk,
+  // fetched as needed, the object checked), then its pieces copied out.
+  std::vector<Piece> ps;
+  pieces(off, len, ps);
   char* out = static_cast<char*>(buf);
-  uint64_t pos = off;
-  const uint64_t end = off + len;
-  bool all_hits = true;
-  while (pos < end) {
-    uint64_t b = pos / kBlock, in = pos % kBlock;
-    size_t n = static_cast<size_t>(std::min<uint64_t>(end - pos, kBlock - in));
-    if (auto part = mem_part(b)) {
-      // Read ahead into memory: fresh from the server (checked as any fetch), not a cache hit.
-      std::memcpy(out + (pos - off), part->buf.get() + (b - part->b0) * kBlock + in, n);
-      consume(part, n);
-      all_hits = false;
-      pos += n;
-      continue;
-    }
-    auto f = block_fd(b, all_hits);
-    if (!f) continue;  // turned into a memory part meanwhile
-    if (io::pread_full(f->get(), out + (pos - off), n, in, "cache block") != n)
+  for (const Piece& p : ps) {
+    if (p.data) {
+      std::memcpy(out, p.data, static_cast<size_t>(p.len));
+    } else if (io::pread_full(p.file->fd, out, static_cast<size_t>(p.len), p.file->offset, "cache block") != p.len) {
       throw SysError(EIO, ref_.display + ": cache block shorter than expected");
-    pos += n;
+    }
+    out += p.len;
   }
-  // Bytes served from the cache alone are checked against the server now and then (verify), so
-  // a replaced object stops being served even when every block it needs is cached.
-  if (all_hits) verify();
-  if (changed_.load()) throw SysError(EIO, ref_.display + " changed since it was mounted; remount to see the new object");
-  return len;
+  return static_cast<size_t>(out - static_cast<char*>(buf));
 }
 
 void RemoteSource::pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) const {
   // Inside size() (the contract): begin_read clips nothing then.
   len = begin_read(off, len);
+  if (len == 0) return;
   uint64_t pos = off;
   const uint64_t end = off + len;
   bool all_hits = true;
@@ -870,6 +858,8 @@ void RemoteSource::pieces(uint64_t off, uint64_t len, std::vector<Piece>& out) c
     out.push_back(Piece{n, false, FileRange{f->get(), in, nullptr, f}});
     pos += n;
   }
+  // Bytes served from the cache alone are checked against the server now and then (verify), so
+  // a replaced object stops being served even when every block it needs is cached.
   if (all_hits) verify();
   if (changed_.load()) throw SysError(EIO, ref_.display + " changed since it was mounted; remount to see the new object");
 }

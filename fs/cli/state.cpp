@@ -41,28 +41,6 @@ std::string hash_name(const std::string& s) {
   return buf;
 }
 
-// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string unescape_mountinfo(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      int v = 0;
-      bool ok = true;
-      for (int k = 1; k <= 3; ++k) {
-        char c = s[i + k];
-        if (c < '0' || c > '7') ok = false;
-        else v = v * 8 + (c - '0');
-      }
-      if (ok) {
-        out += static_cast<char>(v);
-        i += 3;
-        continue;
-      }
-    }
-    out += s[i];
-  }
-  return out;
-}
 }  // namespace
 
 // Serialises the read-modify-write updates of one daemon's state file (pending edits come from the
@@ -102,21 +80,8 @@ std::optional<nlohmann::json> take_result(const std::string& mp) {
 
 std::vector<MountInfo> nemofs_mounts() {
   std::vector<MountInfo> out;
-  std::ifstream f("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-    std::istringstream ss(line);
-    std::string id, parent, dev, root, mp;
-    ss >> id >> parent >> dev >> root >> mp;
-    std::string tok;
-    while (ss >> tok && tok != "-") {
-    }
-    std::string fstype, source;
-    ss >> fstype >> source;
-    if (fstype == "fuse.nemofs")
-      out.push_back(MountInfo{unescape_mountinfo(source), unescape_mountinfo(mp), fstype});
-  }
+  for (auto& m : io::mounts())
+    if (m.fstype == "fuse.nemofs") out.push_back(MountInfo{std::move(m.source), std::move(m.mountpoint), m.fstype});
   return out;
 }
 

@@ -54,39 +54,13 @@ constexpr unsigned kReadaheadKiB = 4096;
 // The largest read request, in pages (op_init says why 252).
 constexpr unsigned kMaxReplyPages = 252;
 
-// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string unescape_octal(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      out += static_cast<char>(((s[i + 1] - '0') << 6) | ((s[i + 2] - '0') << 3) | (s[i + 3] - '0'));
-      i += 3;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
 // Raises the read-ahead of this mount's backing device (sysfs, root only: anyone else keeps the
 // kernel's 128 KiB, quietly). Runs while INIT is answered: the mount is in mountinfo by then.
 void raise_mount_readahead() {
   if (g_mountpoint.empty()) return;
-  FILE* f = std::fopen("/proc/self/mountinfo", "re");
-  if (!f) return;
   std::string dev;
-  char* line = nullptr;
-  size_t cap = 0;
-  while (::getline(&line, &cap, f) > 0) {
-    // id parent MAJ:MIN root mountpoint options [optional...] - fstype source superoptions
-    char id[32], parent[32], majmin[64], root[4096], mp[4096];
-    if (std::sscanf(line, "%31s %31s %63s %4095s %4095s", id, parent, majmin, root, mp) != 5) continue;
-    const char* sep = std::strstr(line, " - ");
-    if (!sep || std::strncmp(sep + 3, "fuse.nemofs ", 12) != 0) continue;
-    if (unescape_octal(mp) == g_mountpoint) dev = majmin;  // the last one: the top of the stack
-  }
-  std::free(line);
-  std::fclose(f);
+  for (const auto& m : io::mounts())
+    if (m.fstype == "fuse.nemofs" && m.mountpoint == g_mountpoint) dev = m.dev;  // the last: the stack's top
   if (dev.empty() || dev.find('/') != std::string::npos) return;
   std::string path = "/sys/class/bdi/" + dev + "/read_ahead_kb";
   FILE* ra = std::fopen(path.c_str(), "we");

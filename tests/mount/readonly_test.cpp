@@ -1,6 +1,8 @@
 // Read-only mounts of every real fixture, compared with manifest.json through the mounted folder.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include "tests/common/manifest_check.h"
 #include "tests/mount/mount_util.h"
@@ -69,3 +71,25 @@ TEST(ReadOnlyMount, DcpFsdp2Adam) { expect_fixture_matches("dcp/fsdp2_adam"); }
 TEST(ReadOnlyMount, LightningModelParallel) { expect_fixture_matches("lightning/model_parallel.ckpt"); }
 TEST(ReadOnlyMount, NemoMegatronWithDistributedView) { expect_fixture_matches("nemo/megatron_gpt.nemo"); }
 TEST(ReadOnlyMount, NemoLegacyGzipWithTensorViews) { expect_fixture_matches("nemo/asr_ctc_legacy_gz.nemo"); }
+
+// A mount point whose name mountinfo escapes (a space is \040 there): `nemofs umount` and `status`
+// find the mount by it (io::mounts), and the daemon finds its own line at INIT to raise the
+// mount's read-ahead (where sysfs is writable: root on a normal system).
+TEST(ReadOnlyMount, MountPointWithASpaceIsFoundInMountinfo) {
+  NEMOFS_REQUIRE_FUSE();
+  TempDir tmp;
+  Mount m(data_path("real/safetensors/zoo.safetensors"), tmp / "mnt point");
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  auto st = run({nemofs_bin(), "status", "--json"});
+  EXPECT_NE(st.out.find("mnt point"), std::string::npos) << st.out;
+  struct stat s {};
+  ASSERT_EQ(::stat(m.path().c_str(), &s), 0);
+  const std::string bdi = "/sys/class/bdi/" + std::to_string(major(s.st_dev)) + ":" + std::to_string(minor(s.st_dev)) +
+                          "/read_ahead_kb";
+  if (::access(bdi.c_str(), W_OK) == 0) {
+    auto ra = run({"cat", bdi});
+    EXPECT_EQ(ra.out, "4096\n") << bdi;
+  }
+  auto u = m.umount();
+  EXPECT_EQ(u.status, 0) << u.err;
+}
