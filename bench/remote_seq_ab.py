@@ -8,6 +8,14 @@ Also a warm-cache read (blocks on disk, fresh mount) per round. Beside the times
 each side used (the daemon, the reading process and nginx; curl and nginx): on a busy machine the
 times swing with the share of CPU each side gets, the CPU seconds much less.
 
+The bound: each round also reads the tensor through a mount of the local file (in the page cache),
+counting the daemon's and the reader's CPU. A remote mount has to do at least what curl and nginx do
+(the same requests, the same receive into memory: libcurl cannot receive into a pipe) plus what a
+mount of a local file does (reply to the kernel, the reader's copy out of the page cache), so on
+N cores it cannot take less than (curl's CPU + the local mount's CPU) / N: the best ratio a
+libcurl-fed mount can reach on this machine is curl's time over that ("bound"). "of bound" is the
+measured ratio over it.
+
 usage: remote_seq_ab.py WORKDIR ROUNDS NEMOFS [NEMOFS2 ...]   (run from the repository root)
 """
 
@@ -86,6 +94,8 @@ def main(W, ROUNDS, BINS):
     mp = os.path.join(W, "mnt")
     os.makedirs(mp, exist_ok=True)
     ratios = {b: [] for b in BINS}
+    bounds = {b: [] for b in BINS}
+    ncpu = os.cpu_count() or 1
     warm = {b: [] for b in BINS}
     cpu = {b: [] for b in BINS}
     try:
@@ -111,7 +121,16 @@ def main(W, ROUNDS, BINS):
                 tw = read_all(os.path.join(mp, "model_weights.safetensors.tensors", "big"))
                 warm_cpu = cpu_of(d) - d0 + self_cpu() - s0
                 subprocess.run([b, "umount", mp], check=True)
+                # The same tensor through a mount of the local file (cached by make_nemo's read).
+                subprocess.run([b, "mount", "-o", "ro", nemo, mp], check=True)
+                d = daemon_pid(b, mp)
+                d0, s0 = cpu_of(d), self_cpu()
+                tl = read_all(os.path.join(mp, "model_weights.safetensors.tensors", "big"))
+                local_cpu = cpu_of(d) - d0 + self_cpu() - s0
+                subprocess.run([b, "umount", mp], check=True)
                 c = (c1 + c2) / 2
+                bound = c / ((curl_cpu + local_cpu) / ncpu)
+                bounds[b].append((bound, c / t / bound, local_cpu, 1024 / tl))
                 ratios[b].append(c / t)
                 warm[b].append(c / tw)
                 cpu[b].append((mount_cpu, warm_cpu, curl_cpu))
@@ -119,6 +138,8 @@ def main(W, ROUNDS, BINS):
                       "CPU s cold %.2f warm %.2f curl %.2f (load %.1f)"
                       % (r, b, 1024 / t, 1024 / tw, 1024 / c, c / t, c / tw, mount_cpu, warm_cpu, curl_cpu,
                          os.getloadavg()[0]), flush=True)
+                print("    local mount %.0f MiB/s, CPU s %.2f; bound on %d cores %.2fx, cold is %.0f%% of it"
+                      % (1024 / tl, local_cpu, ncpu, bound, 100 * c / t / bound), flush=True)
     finally:
         if os.path.ismount(mp):
             subprocess.run(["fusermount3", "-u", "-z", mp])
@@ -127,6 +148,10 @@ def main(W, ROUNDS, BINS):
         print("%s: cold/curl median %.2fx (%s), warm/curl median %.2fx; CPU s per GiB, medians: cold %.2f, warm %.2f, "
               "curl %.2f" % (b, statistics.median(ratios[b]), " ".join("%.2f" % x for x in ratios[b]),
                              statistics.median(warm[b]), *(statistics.median(x[i] for x in cpu[b]) for i in range(3))))
+        print("%s: local mount CPU s per GiB median %.2f; bound (curl's time / ((curl CPU + local mount CPU) / %d)) "
+              "median %.2fx; cold reached a median %.0f%% of the bound"
+              % (b, statistics.median(x[2] for x in bounds[b]), ncpu, statistics.median(x[0] for x in bounds[b]),
+                 100 * statistics.median(x[1] for x in bounds[b])))
 
 
 if __name__ == "__main__":
