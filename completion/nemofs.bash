@@ -1,7 +1,8 @@
 # bash completion for nemofs(1). Installed as share/bash-completion/completions/nemofs; works on its
 # own too (`source completion/nemofs.bash`): it uses bash builtins only, not bash-completion's helpers.
 
-_nemofs_mount_options="ro rw debug output= safetensors allow_other allow_root default_permissions auto_unmount"
+# Remote sources (URLs) also take cache_size= retries= timeout= connections= (SEMANTICS section 11).
+_nemofs_mount_options="ro rw debug output= safetensors commit_junk cache_size= retries= timeout= connections= allow_other allow_root default_permissions auto_unmount"
 
 # Completes a path (files and folders) or, with "dirs", folders only; names keep their slashes and
 # spaces thanks to -o filenames.
@@ -12,6 +13,22 @@ _nemofs_paths() {
     COMPREPLY+=($(compgen -d -- "$cur"))
   else
     COMPREPLY+=($(compgen -f -- "$cur"))
+  fi
+}
+
+# A SOURCE: files and folders, and the URL schemes nemofs reads (SEMANTICS section 11) that the word
+# begins (`h` offers hf:// http:// https://; an empty word offers files only). A scheme alone is
+# inserted as it is: not quoted as a file name (readline would write `s3\://`), no space after it.
+_nemofs_sources() {
+  local cur=$1 s schemes=0
+  if [[ -n $cur && $cur != */* && $cur != *:* ]]; then
+    for s in hf:// http:// https:// s3://; do
+      [[ $s == "$cur"* ]] && COMPREPLY+=("$s") && ((schemes++))
+    done
+  fi
+  _nemofs_paths "$cur" files
+  if ((schemes && schemes == ${#COMPREPLY[@]})); then
+    compopt +o filenames -o nospace 2>/dev/null || :
   fi
 }
 
@@ -78,7 +95,7 @@ _nemofs() {
         esac
       done
       if ((npos == 0)); then
-        _nemofs_paths "$cur" files
+        _nemofs_sources "$cur"
       elif ((npos == 1)); then
         _nemofs_paths "$cur" dirs
       fi
@@ -94,7 +111,7 @@ _nemofs() {
         COMPREPLY=($(compgen -W "--json" -- "$cur"))
       else
         for ((i = 2; i < COMP_CWORD; i++)); do [[ ${COMP_WORDS[i]} == -* ]] || ((npos++)); done
-        ((npos == 0)) && _nemofs_paths "$cur" files
+        ((npos == 0)) && _nemofs_sources "$cur"
       fi
       ;;
     export)
@@ -111,13 +128,18 @@ _nemofs() {
             *) ((npos++)) ;;
           esac
         done
-        ((npos < 2)) && _nemofs_paths "$cur" files
+        if ((npos == 0)); then
+          _nemofs_sources "$cur"
+        elif ((npos == 1)); then
+          _nemofs_paths "$cur" files
+        fi
       fi
       ;;
     status)
       ((COMP_CWORD == 2)) && COMPREPLY=($(compgen -W "--json" -- "$cur"))
       ;;
   esac
+  return 0  # nothing to offer is not an error (compgen's status would otherwise leak out)
 }
 
 complete -F _nemofs nemofs

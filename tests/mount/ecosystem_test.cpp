@@ -270,7 +270,10 @@ TEST(Completion, Subcommands) {
 
 TEST(Completion, MountOptions) {
   auto opts = as_set(complete({"nemofs", "mount", "-o", ""}));
-  for (const char* o : {"ro", "rw", "allow_other", "output=", "debug"}) EXPECT_TRUE(opts.count(o)) << o;
+  for (const char* o : {"ro", "rw", "allow_other", "output=", "debug", "safetensors", "commit_junk", "cache_size=",
+                        "retries=", "timeout=", "connections="})
+    EXPECT_TRUE(opts.count(o)) << o;
+  EXPECT_EQ(complete({"nemofs", "mount", "-o", "ro,cache_s"}), std::vector<std::string>{"ro,cache_size="});
   EXPECT_EQ(complete({"nemofs", "mount", "-o", "ro,allow_o"}), std::vector<std::string>{"ro,allow_other"});
   EXPECT_EQ(as_set(complete({"nemofs", "mount", "-"})), (std::set<std::string>{"-o", "-f", "-d", "--help"}));
   EXPECT_EQ(complete({"nemofs", "inspect", "--j"}), std::vector<std::string>{"--json"});
@@ -292,6 +295,24 @@ TEST(Completion, FileArguments) {
             std::vector<std::string>{"model.safetensors"});
   // umount offers folders when no nemofs mount matches.
   EXPECT_EQ(as_set(complete({"nemofs", "umount", tmp / "mn"})), (std::set<std::string>{tmp / "mnt", tmp / "mnt2"}));
+}
+
+TEST(Completion, SourcesOfferUrlSchemes) {
+  TempDir tmp;
+  ASSERT_EQ(run_shell("cd " + quote(tmp.path()) + " && touch hello.nemo && mkdir mnt").status, 0);
+  // A word that begins a scheme gets the schemes beside the files it begins; an empty word or a
+  // path gets files only; the MOUNTPOINT and export's DEST never get schemes.
+  EXPECT_EQ(as_set(complete({"nemofs", "mount", "h"}, tmp.path())),
+            (std::set<std::string>{"hf://", "http://", "https://", "hello.nemo"}));
+  EXPECT_EQ(as_set(complete({"nemofs", "mount", "htt"}, tmp.path())), (std::set<std::string>{"http://", "https://"}));
+  EXPECT_EQ(complete({"nemofs", "mount", "-o", "ro", "s3"}, tmp.path()), std::vector<std::string>{"s3://"});
+  EXPECT_EQ(complete({"nemofs", "inspect", "--json", "hf"}, tmp.path()), std::vector<std::string>{"hf://"});
+  EXPECT_EQ(complete({"nemofs", "export", "s"}, tmp.path()), std::vector<std::string>{"s3://"});
+  auto all = as_set(complete({"nemofs", "mount", ""}, tmp.path()));
+  EXPECT_EQ(all, (std::set<std::string>{"hello.nemo", "mnt"}));
+  EXPECT_EQ(complete({"nemofs", "mount", "./h"}, tmp.path()), std::vector<std::string>{"./hello.nemo"});
+  EXPECT_TRUE(complete({"nemofs", "mount", "hf://org/x.nemo", "h"}, tmp.path()).empty());
+  EXPECT_EQ(complete({"nemofs", "export", "s3://b/x.nemo", "h"}, tmp.path()), std::vector<std::string>{"hello.nemo"});
 }
 
 TEST(Completion, UmountOffersActiveMounts) {
