@@ -15,6 +15,7 @@
 #include "formats/core/errors.h"
 #include "formats/core/utf8.h"
 #include "formats/remote/source.h"
+#include "formats/safetensors/safetensors_writer.h"
 
 namespace nemofs::remote {
 
@@ -410,9 +411,128 @@ std::map<std::string, ObjectRef> hub_list(const HubUrl& u, const std::string& di
   return out;
 }
 
-Checkpoint from_files(const std::string& display, std::map<std::string, ObjectRef> files) {
+// The files of a folder below a remote folder (a DCP or Hugging Face checkpoint inside a folder of
+// checkpoints), opened through the outer set so a file and its view share one source.
+class SubFileSet final : public FileSet {
+ public:
+  SubFileSet(std::shared_ptr<const RemoteFileSet> outer, std::string prefix)
+      : outer_(std::move(outer)), prefix_(std::move(prefix)) {}
+  std::vector<std::string> list() const override {
+    std::vector<std::string> out;
+    for (const auto& rel : outer_->list())
+      if (rel.size() > prefix_.size() && rel.compare(0, prefix_.size(), prefix_) == 0) out.push_back(rel.substr(prefix_.size()));
+    return out;
+  }
+  SourcePtr open(const std::string& rel) const override { return outer_->open(prefix_ + rel); }
+  std::string describe() const override { return outer_->describe() + prefix_; }
+
+ private:
+  std::shared_ptr<const RemoteFileSet> outer_;
+  std::string prefix_;  // "a/b/"
+};
+
+// Names of the objects a folder of checkpoints looks into (below): what torch, Lightning, NeMo,
+// safetensors and transformers name their checkpoint files.
+bool checkpoint_name(std::string_view name) {
+  for (std::string_view ext : {".nemo", ".ckpt", ".pt", ".pth", ".bin", ".safetensors"})
+    if (name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0) return true;
+  return false;
+}
+
+// A prefix or repository that is not itself one checkpoint: a folder of checkpoints (SEMANTICS
+// sections 9 and 11). Every object is a file (no request: sizes and identities come from the
+// listing), and beside each checkpoint a `<name>.tensors/` view built by the code that mounts it
+// alone. Unlike a local folder, the views are built now, not on first access: the tree a remote
+// mount serves is fixed at mount (its objects are pinned), and a listing cannot be sniffed for
+// free: only objects whose names say checkpoint (checkpoint_name) are asked for their first bytes,
+// so a run's logs and configs cost no request. Folders are views when their own names say so
+// (sniff_dir_names), as for a local folder.
+Checkpoint folder_of_checkpoints(const std::shared_ptr<RemoteFileSet>& set, bool safetensors_views) {
+  struct Keep {
+    std::shared_ptr<RemoteFileSet> set;
+    std::vector<std::shared_ptr<void>> views;
+  };
+  auto keep = std::make_shared<Keep>();
+  keep->set = set;
+  Checkpoint cp;
+  cp.format = Format::Folder;
+  Tree& t = cp.tree;
+  for (const auto& rel : set->list()) {
+    // Object keys are any bytes: a key that is no relative path (`..`, `.`, empty components) or
+    // that a folder already has (`a` beside `a/b`) is left out with a warning.
+    bool bad = false;
+    for (size_t i = 0; i <= rel.size();) {
+      size_t j = std::min(rel.find('/', i), rel.size());
+      std::string_view comp(rel.data() + i, j - i);
+      if (comp.empty() || comp == "." || comp == "..") bad = true;
+      i = j + 1;
+    }
+    if (bad) {
+      cp.warnings.push_back(rel + ": not shown (not a relative path)");
+      continue;
+    }
+    try {
+      size_t slash = rel.rfind('/');
+      NodeId parent = slash == std::string::npos ? Tree::kRoot : t.mkdirs(std::string_view(rel).substr(0, slash));
+      std::string leaf = slash == std::string::npos ? rel : rel.substr(slash + 1);
+      if (t.lookup(parent, leaf)) throw FormatError("folder", "a folder of that name exists");
+      t.add_file(parent, leaf, set->open(rel));
+    } catch (const FormatError&) {
+      cp.warnings.push_back(rel + ": not shown (a file and a folder of the same name)");
+    }
+  }
+  // Views, in tree order; collected first (grafting adds nodes).
+  std::vector<NodeId> candidates;
+  t.walk([&](NodeId id, const Node& n) {
+    if (id == Tree::kRoot) return;
+    if (n.type == NodeType::File) {
+      if (checkpoint_name(n.name) && n.data->size() > 0) candidates.push_back(id);
+      return;
+    }
+    std::vector<std::string> names;
+    for (const auto& [cname, cid] : n.children)
+      if (t.node(cid).type == NodeType::File) names.push_back(cname);
+    if (sniff_dir_names(names) != Format::Unknown) candidates.push_back(id);
+  });
+  for (NodeId id : candidates) {
+    const std::string path = t.path_of(id);
+    const Node& n = t.node(id);
+    const NodeId parent = n.parent;
+    const std::string view_name = n.name + ".tensors";
+    Checkpoint v;
+    try {
+      if (n.type == NodeType::File) {
+        if (sniff(*n.data) == Format::Unknown) continue;  // named like one, but is not
+        v = open_checkpoint_source(n.data);
+      } else {
+        v = open_checkpoint_files(SubFileSet(set, path + "/"));
+      }
+      if (safetensors_views) add_safetensors_views(v.tree, v.format == Format::Tar || v.format == Format::GzipTar, v.warnings);
+    } catch (const std::bad_alloc&) {
+      throw;
+    } catch (const SysError& e) {
+      // The server failed us (not the file): the mount fails as for a single object.
+      throw;
+    } catch (const std::exception& e) {
+      cp.warnings.push_back(path + ": no .tensors view: " + e.what());
+      continue;
+    }
+    if (t.lookup(parent, view_name)) {
+      cp.warnings.push_back(path + ": no .tensors view: an entry named '" + view_name + "' already exists");
+      continue;
+    }
+    for (const auto& w : v.warnings) cp.warnings.push_back(path + ": " + w);
+    t.graft(parent, view_name, v.tree);
+    if (v.keepalive) keep->views.push_back(std::move(v.keepalive));
+  }
+  cp.keepalive = keep;
+  return cp;
+}
+
+Checkpoint from_files(const std::string& display, std::map<std::string, ObjectRef> files, bool safetensors_views) {
   if (files.empty()) throw SysError(ENOENT, display + ": no objects there");
   auto set = std::make_shared<RemoteFileSet>(display, std::move(files));
+  if (sniff_dir(*set) == Format::Unknown) return folder_of_checkpoints(set, safetensors_views);
   Checkpoint cp = open_checkpoint_files(*set);
   cp.keepalive = set;
   return cp;
@@ -449,7 +569,7 @@ bool is_remote_url(const std::string& s) {
 
 std::string display_url(const std::string& url) { return redact(url); }
 
-Checkpoint open_remote_checkpoint(const std::string& url) {
+Checkpoint open_remote_checkpoint(const std::string& url, bool safetensors_views) {
   const std::string shown = redact(url);
   if (url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0) {
     if (url.find('@', url.find("://") + 3) < url.find('/', url.find("://") + 3))
@@ -463,7 +583,7 @@ Checkpoint open_remote_checkpoint(const std::string& url) {
   if (url.rfind("s3://", 0) == 0) {
     S3Config c = s3_config();
     S3Url u = parse_s3(url);
-    if (u.key.empty() || u.key.back() == '/') return from_files(shown, s3_list(c, u.bucket, u.key, shown));
+    if (u.key.empty() || u.key.back() == '/') return from_files(shown, s3_list(c, u.bucket, u.key, shown), safetensors_views);
     try {
       return from_object(s3_ref(c, u.bucket, u.key));
     } catch (const SysError& e) {
@@ -471,14 +591,14 @@ Checkpoint open_remote_checkpoint(const std::string& url) {
       if (e.err() != ENOENT) throw;
       auto files = s3_list(c, u.bucket, u.key + "/", shown);
       if (files.empty()) throw;
-      return from_files(shown, std::move(files));
+      return from_files(shown, std::move(files), safetensors_views);
     }
   }
   if (url.rfind("hf://", 0) == 0) {
     HubUrl u = parse_hf(url);
     if (u.path.empty()) {
       u.commit = hub_commit(u, shown);
-      return from_files(shown, hub_list(u, shown));
+      return from_files(shown, hub_list(u, shown), safetensors_views);
     }
     return from_object(hub_ref(u, u.path));
   }

@@ -3,9 +3,11 @@
 //
 //   http://HOST/PATH, https://HOST/PATH   one file
 //   s3://BUCKET/KEY                        one object (signed with SigV4: AWS_* variables, AWS_PROFILE)
-//   s3://BUCKET/PREFIX/                    a folder (ListObjectsV2): a DCP or Hugging Face folder
+//   s3://BUCKET/PREFIX/                    a folder (ListObjectsV2): a DCP or Hugging Face folder,
+//                                          else a folder of checkpoints
 //   hf://ORG/REPO[@REV]/PATH               one file of a Hub repository (HF_TOKEN, HF_ENDPOINT)
-//   hf://ORG/REPO[@REV]                    the whole repository as a Hugging Face folder (tree API)
+//   hf://ORG/REPO[@REV]                    the whole repository (tree API): a Hugging Face folder,
+//                                          else a folder of checkpoints
 //
 // Every object is pinned when it is opened (its ETag; on the Hub the X-Linked-Etag / X-Repo-Commit
 // of the resolve redirect, never the CDN's) and every range read checks it (If-Match, and the
@@ -45,7 +47,12 @@ std::string display_url(const std::string& url);
 // Opens URL and builds its tree as open_checkpoint does for a path. Throws SysError (cannot be
 // read: 404 -> ENOENT, 401/403 -> EACCES, DNS -> EHOSTUNREACH, refused -> ECONNREFUSED, TLS ->
 // EPROTO; one line naming the URL and the reason) or FormatError (not a checkpoint).
-Checkpoint open_remote_checkpoint(const std::string& url);
+// A folder (S3 prefix, Hub repository) that is not itself one DCP or Hugging Face checkpoint is a
+// folder of checkpoints (Format::Folder): its objects, and a `<name>.tensors/` view beside each
+// checkpoint, every view built now; `safetensors_views` (-o safetensors) gives each view its
+// `model.safetensors` as a mount of that checkpoint alone would (the caller adds them itself for
+// every other format).
+Checkpoint open_remote_checkpoint(const std::string& url, bool safetensors_views = false);
 
 // Counters of this process, for `nemofs status`: {"url", "requests", "bytes_fetched",
 // "cache_hits", "cache_misses", "errors", "last_error"}.

@@ -70,9 +70,12 @@ void report_source_changed(const std::string& path, const std::string& message) 
 // Opens the checkpoint (a path, or a URL: formats/remote), printing the one-line error and
 // returning the exit code on failure.
 // `writable`: it may be mounted writable (see open_checkpoint).
-int open_or_report(const std::string& source, Checkpoint& cp, bool writable) {
+// `safetensors_views`: a remote folder of checkpoints gives each view its -o safetensors file as it
+// builds it (remote.h).
+int open_or_report(const std::string& source, Checkpoint& cp, bool writable, bool safetensors_views = false) {
   try {
-    cp = remote::is_remote_url(source) ? remote::open_remote_checkpoint(source) : open_checkpoint(source, writable);
+    cp = remote::is_remote_url(source) ? remote::open_remote_checkpoint(source, safetensors_views)
+                                       : open_checkpoint(source, writable);
     return kExitOk;
   } catch (const FormatError& e) {
     std::fprintf(stderr, "nemofs: %s: %s\n", remote::display_url(source).c_str(), e.what());
@@ -261,7 +264,7 @@ int cmd_mount(const std::vector<std::string>& args) {
     choice.read_only = true;
     choice.mode = "ro";
   } else {
-    if (int rc = open_or_report(req.source, cp, !req.read_only)) return rc;
+    if (int rc = open_or_report(req.source, cp, !req.read_only, req.nemofs_options.count("safetensors") > 0)) return rc;
   }
   // What mount(8), status and messages show of a URL: no query string, no credentials.
   const std::string shown_source = is_remote ? remote::display_url(req.source) : req.source;
@@ -272,8 +275,9 @@ int cmd_mount(const std::vector<std::string>& args) {
       std::fprintf(stderr, "nemofs mount: -o safetensors needs a read-only mount of a .nemo (add -o ro)\n");
       return kExitUsage;
     }
-    // A folder mount adds the views as it indexes each checkpoint (FolderBackend).
-    if (!folder)
+    // A folder mount adds the views as it indexes each checkpoint (FolderBackend; a remote folder
+    // of checkpoints as it builds them).
+    if (!folder && cp.format != Format::Folder)
       add_safetensors_views(cp.tree, cp.format == Format::Tar || cp.format == Format::GzipTar, cp.warnings);
   }
   for (const auto& w : cp.warnings) std::fprintf(stderr, "nemofs: %s: warning: %s\n", shown_source.c_str(), w.c_str());
@@ -301,6 +305,9 @@ int cmd_mount(const std::vector<std::string>& args) {
                        {"mountpoint", req.mountpoint},
                        {"format", format_name(cp.format)},
                        {"mode", choice.mode}};
+  // What indexing warned about (views left out, members not shown), for `nemofs status`; a local
+  // folder mount adds its views' warnings as it builds them.
+  if (!cp.warnings.empty()) state["warnings"] = cp.warnings;
   if (auto* wb = dynamic_cast<WritableBackend*>(&backend)) state["pending_edits"] = wb->pending_edits();
   std::string mp = req.mountpoint;
   so.on_ready = [&state, mp](pid_t pid) {

@@ -152,19 +152,40 @@ def pread_err(path, off, n):
         os.close(fd)
 
 
+def make_run_folder(root):
+    """A training run's output, a folder of checkpoints (SEMANTICS section 9): a NeMo 2.0 checkpoint
+    directory (context/ and a DCP weights/), Lightning, torch and safetensors files and a .nemo side
+    by side, files that are no checkpoint, one named like one that is not, and a damaged one."""
+    os.makedirs(os.path.join(root, "step=1000", "context"))
+    with open(os.path.join(root, "step=1000", "context", "model.yaml"), "w") as f:
+        f.write("model:\n  hidden_size: 8\n")
+    shutil.copytree(os.path.join(DATA, "dcp", "single"), os.path.join(root, "step=1000", "weights"))
+    for src, name in [("lightning/tiny.ckpt", "tiny.ckpt"), ("torch/zoo.pt", "zoo.pt"), ("nemo/asr_ctc.nemo", "asr_ctc.nemo"),
+                      ("safetensors/zoo.safetensors", "zoo.safetensors")]:
+        shutil.copy(os.path.join(DATA, src), os.path.join(root, name))
+    with open(os.path.join(root, "notes.txt"), "w") as f:
+        f.write("loss went down\n")
+    with open(os.path.join(root, "notes.pt"), "w") as f:
+        f.write("named like a torch file, but text\n")
+    with open(os.path.join(root, "broken.ckpt"), "wb") as f:
+        f.write(b"PK\x03\x04" + b"\0" * 200)
+
+
 def setUpModule():
     global T, NGINX, S3
     T = tempfile.mkdtemp(prefix="nemofs-remote-")
     www = os.path.join(T, "www")
     servers.copy_fixtures(DATA, www)
     big_safetensors(os.path.join(www, "big.safetensors"))
-    NGINX = servers.Nginx(T, www, hub={"org/tiny-llama": "hf/tiny-llama"}).start()
+    make_run_folder(os.path.join(www, "run"))
+    NGINX = servers.Nginx(T, www, hub={"org/tiny-llama": "hf/tiny-llama", "org/run": "run"}).start()
     S3 = servers.S3rver(T).start()
     manifest = load_json(os.path.join(DATA, "manifest.json"))
     for fx in manifest["fixtures"]:
         p = os.path.join(www, fx["file"])
         if os.path.isdir(p):
             S3.put_tree(fx["file"] + "/", p)
+    S3.put_tree("run/", os.path.join(www, "run"))
     S3.put("safetensors/zoo.safetensors", os.path.join(www, "safetensors", "zoo.safetensors"))
     S3.put("big.safetensors", os.path.join(www, "big.safetensors"))
 
@@ -273,6 +294,55 @@ class Fixtures(unittest.TestCase):
         self.assertTrue(any(l.startswith("HEAD /org/tiny-llama/resolve/main/") and l.endswith(" 302") for l in reqs))
         self.assertFalse(any(l.startswith("GET /org/tiny-llama/resolve/") for l in reqs))
 
+
+    def test_folder_of_checkpoints(self):
+        """An S3 prefix or Hub repository that is no single checkpoint mounts as a folder of checkpoints:
+        what a mount of the same local folder shows, with every view built at mount."""
+        local = os.path.join(T, "www", "run")
+        for url, e in [("s3://%s/run/" % S3.bucket, s3env()), ("hf://org/run", hfenv())]:
+            with self.subTest(url=url):
+                for opts in ["ro", "ro,safetensors"]:
+                    with Mount(local, opts=opts) as a, Mount(url, e, opts) as b:
+                        ta, tb = tree_of(a.mp), tree_of(b.mp)
+                        # The local mount lists a view before it indexes it (section 9: lazy), so the
+                        # damaged checkpoint's view is listed there until looked up; the remote one
+                        # built every view at mount and leaves that one out.
+                        self.assertEqual(ta.pop("broken.ckpt.tensors"), ("dir",))
+                        # A local folder sniffs every file by content: the DCP shard's first object is a
+                        # torch file, so it gets a view there. A remote folder asks only objects named
+                        # like checkpoints for their first bytes (SEMANTICS section 11): no view.
+                        shard = "step=1000/weights/__0_0.distcp.tensors"
+                        self.assertTrue([k for k in ta if k.startswith(shard + "/")])
+                        ta = {k: v for k, v in ta.items() if k != shard and not k.startswith(shard + "/")}
+                        self.assertEqual(sorted(set(ta) ^ set(tb)), [], (url, opts))
+                        self.assertEqual(ta, tb, (url, opts))
+                        for v in ["step=1000/weights.tensors", "asr_ctc.nemo.tensors", "tiny.ckpt.tensors",
+                                  "zoo.pt.tensors", "zoo.safetensors.tensors"]:
+                            self.assertEqual(tb.get(v), ("dir",), v)
+                        self.assertNotIn("notes.pt.tensors", tb)
+                        self.assertEqual(tb["notes.txt"][0], "file")
+                        if opts.endswith("safetensors"):
+                            self.assertIn("zoo.pt.tensors/model.safetensors", tb)
+                        r = run(["status", "--json"])
+                        st = [m for m in json.loads(r.stdout) if m["mountpoint"] == os.path.realpath(b.mp)][0]
+                        self.assertTrue(any(w.startswith("broken.ckpt: no .tensors view:") for w in st["warnings"]), st)
+                ia = json.loads(run(["inspect", "--json", local]).stdout)
+                ia["entries"] = [x for x in ia["entries"] if not x["path"].startswith(shard)]
+                r = run(["inspect", "--json", url], e)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ib = json.loads(r.stdout)
+                self.assertEqual((ia["format"], ia["entries"]), (ib["format"], ib["entries"]), url)
+                self.assertEqual(ib["format"], "folder")
+                self.assertEqual([w.split(":")[0] for w in ib["warnings"]], ["broken.ckpt"], ib["warnings"])
+                self.assertEqual([w.split(":")[0] for w in ia["warnings"]], ["broken.ckpt"], ia["warnings"])
+        # Requests at mount (a cold cache): the revision and the listing, then only the objects named
+        # like checkpoints; notes.txt and context/model.yaml are not asked for until read.
+        before = len(NGINX.requests())
+        with Mount("hf://org/run", hfenv(XDG_CACHE_HOME=os.path.join(T, "cache-run")), "ro") as b:
+            asked = [l.split()[1] for l in NGINX.requests()[before:]]
+            self.assertFalse([u for u in asked if u.endswith("/notes.txt") or u.endswith("/model.yaml")], asked)
+            self.assertTrue(any(u.endswith("/tiny.ckpt") for u in asked), asked)
+            self.assertEqual(read_text(b.path("step=1000/context/model.yaml")), "model:\n  hidden_size: 8\n")
 
     def test_hub_repository_pinned_to_one_commit(self):
         """A repository mount lists and fetches every file at the commit its revision named when it
