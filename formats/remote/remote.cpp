@@ -3,6 +3,10 @@
 #include "formats/remote/remote.h"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <system_error>
+#include <thread>
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
@@ -494,36 +498,78 @@ Checkpoint folder_of_checkpoints(const std::shared_ptr<RemoteFileSet>& set, bool
       if (t.node(cid).type == NodeType::File) names.push_back(cname);
     if (sniff_dir_names(names) != Format::Unknown) candidates.push_back(id);
   });
+  // Built in parallel (each view's requests are independent: a run's folder of N checkpoints
+  // costs about N / connections round trips of index requests, not N), grafted in tree order.
+  struct Job {
+    NodeId id;
+    std::string path;
+    SourcePtr data;  // a file candidate; null for a folder
+    bool skip = false;
+    Checkpoint v;
+    std::string error;          // a view left out, why
+    std::exception_ptr fatal;   // the server failed us, or memory ran out: the mount fails
+  };
+  std::vector<Job> jobs;
   for (NodeId id : candidates) {
-    const std::string path = t.path_of(id);
     const Node& n = t.node(id);
+    Job j;
+    j.id = id;
+    j.path = t.path_of(id);
+    if (n.type == NodeType::File) j.data = n.data;
+    jobs.push_back(std::move(j));
+  }
+  auto build = [&](Job& j) {
+    try {
+      if (j.data) {
+        if (sniff(*j.data) == Format::Unknown) {  // named like one, but is not
+          j.skip = true;
+          return;
+        }
+        j.v = open_checkpoint_source(j.data);
+      } else {
+        j.v = open_checkpoint_files(SubFileSet(set, j.path + "/"));
+      }
+      if (safetensors_views)
+        add_safetensors_views(j.v.tree, j.v.format == Format::Tar || j.v.format == Format::GzipTar, j.v.warnings);
+    } catch (const std::bad_alloc&) {
+      j.fatal = std::current_exception();
+    } catch (const SysError&) {
+      j.fatal = std::current_exception();  // a request failed (not the file): as for a single object
+    } catch (const std::exception& e) {
+      j.error = e.what();
+    }
+  };
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < jobs.size();) build(jobs[i]);
+  };
+  std::vector<std::thread> workers;
+  const size_t nthreads = std::min<size_t>(jobs.size(), std::max(1u, options().connections));
+  try {
+    for (size_t i = 1; i < nthreads; ++i) workers.emplace_back(work);
+  } catch (const std::system_error&) {
+    // Fewer threads: the ones running and this one share the work.
+  }
+  work();
+  for (auto& w : workers) w.join();
+  for (auto& j : jobs) {
+    if (j.fatal) std::rethrow_exception(j.fatal);
+    if (j.skip) continue;
+    if (!j.error.empty()) {
+      cp.warnings.push_back(j.path + ": no .tensors view: " + j.error);
+      continue;
+    }
+    const Node& n = t.node(j.id);
     const NodeId parent = n.parent;
     const std::string view_name = n.name + ".tensors";
-    Checkpoint v;
-    try {
-      if (n.type == NodeType::File) {
-        if (sniff(*n.data) == Format::Unknown) continue;  // named like one, but is not
-        v = open_checkpoint_source(n.data);
-      } else {
-        v = open_checkpoint_files(SubFileSet(set, path + "/"));
-      }
-      if (safetensors_views) add_safetensors_views(v.tree, v.format == Format::Tar || v.format == Format::GzipTar, v.warnings);
-    } catch (const std::bad_alloc&) {
-      throw;
-    } catch (const SysError& e) {
-      // The server failed us (not the file): the mount fails as for a single object.
-      throw;
-    } catch (const std::exception& e) {
-      cp.warnings.push_back(path + ": no .tensors view: " + e.what());
-      continue;
-    }
     if (t.lookup(parent, view_name)) {
-      cp.warnings.push_back(path + ": no .tensors view: an entry named '" + view_name + "' already exists");
+      cp.warnings.push_back(j.path + ": no .tensors view: an entry named '" + view_name + "' already exists");
       continue;
     }
-    for (const auto& w : v.warnings) cp.warnings.push_back(path + ": " + w);
-    t.graft(parent, view_name, v.tree);
-    if (v.keepalive) keep->views.push_back(std::move(v.keepalive));
+    for (const auto& w : j.v.warnings) cp.warnings.push_back(j.path + ": " + w);
+    t.graft(parent, view_name, j.v.tree);
+    if (j.v.keepalive) keep->views.push_back(std::move(j.v.keepalive));
+    j.v = Checkpoint{};  // the tree is copied in: its own copy goes now
   }
   cp.keepalive = keep;
   return cp;
