@@ -13,6 +13,7 @@
 
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "formats/detect/checkpoint.h"
@@ -53,5 +54,22 @@ std::vector<FolderEntry> list_folder(const std::string& dir, const SniffFn& snif
 // sources that mount as a folder of checkpoints. False for a folder that cannot be listed (the
 // checkpoint opener then reports why).
 bool is_plain_folder(const std::string& path);
+
+// What a folder of checkpoints given as a set of objects shows (a remote prefix or repository that
+// is neither a DCP nor a Hugging Face folder: SEMANTICS sections 9 and 11), built whole now rather
+// than on first access, since its objects are fixed once listed and a listing cannot be sniffed
+// for free: every object is a file, and beside each checkpoint a `<name>.tensors/` view built by
+// the code that mounts it alone. Only files named like checkpoints (checkpoint_object_name) are
+// read (their first bytes, then their index), so logs and configs cost nothing; folders are views
+// when their own file names say so (sniff_dir_names). Views are built `threads` at a time and
+// grafted in tree order; with `safetensors_views` each gets its -o safetensors file. A key that is
+// no relative path or that names both a file and a folder, and a view that cannot be built, are
+// left out with a warning; a SysError (the source failed, not the file) or bad_alloc from any view
+// is thrown. Format::Folder; the result keeps `files` alive.
+Checkpoint open_folder_files(const std::shared_ptr<const FileSet>& files, bool safetensors_views, unsigned threads);
+
+// Names of the files open_folder_files looks into: what torch, Lightning, NeMo, safetensors and
+// transformers name checkpoint files (*.nemo *.ckpt *.pt *.pth *.bin *.safetensors).
+bool checkpoint_object_name(std::string_view name);
 
 }  // namespace nemofs

@@ -3,10 +3,6 @@
 #include "formats/remote/remote.h"
 
 #include <algorithm>
-#include <atomic>
-#include <exception>
-#include <system_error>
-#include <thread>
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
@@ -19,7 +15,7 @@
 #include "formats/core/errors.h"
 #include "formats/core/utf8.h"
 #include "formats/remote/source.h"
-#include "formats/safetensors/safetensors_writer.h"
+#include "formats/detect/folder.h"
 
 namespace nemofs::remote {
 
@@ -415,170 +411,11 @@ std::map<std::string, ObjectRef> hub_list(const HubUrl& u, const std::string& di
   return out;
 }
 
-// The files of a folder below a remote folder (a DCP or Hugging Face checkpoint inside a folder of
-// checkpoints), opened through the outer set so a file and its view share one source.
-class SubFileSet final : public FileSet {
- public:
-  SubFileSet(std::shared_ptr<const RemoteFileSet> outer, std::string prefix)
-      : outer_(std::move(outer)), prefix_(std::move(prefix)) {}
-  std::vector<std::string> list() const override {
-    std::vector<std::string> out;
-    for (const auto& rel : outer_->list())
-      if (rel.size() > prefix_.size() && rel.compare(0, prefix_.size(), prefix_) == 0) out.push_back(rel.substr(prefix_.size()));
-    return out;
-  }
-  SourcePtr open(const std::string& rel) const override { return outer_->open(prefix_ + rel); }
-  std::string describe() const override { return outer_->describe() + prefix_; }
-
- private:
-  std::shared_ptr<const RemoteFileSet> outer_;
-  std::string prefix_;  // "a/b/"
-};
-
-// Names of the objects a folder of checkpoints looks into (below): what torch, Lightning, NeMo,
-// safetensors and transformers name their checkpoint files.
-bool checkpoint_name(std::string_view name) {
-  for (std::string_view ext : {".nemo", ".ckpt", ".pt", ".pth", ".bin", ".safetensors"})
-    if (name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0) return true;
-  return false;
-}
-
-// A prefix or repository that is not itself one checkpoint: a folder of checkpoints (SEMANTICS
-// sections 9 and 11). Every object is a file (no request: sizes and identities come from the
-// listing), and beside each checkpoint a `<name>.tensors/` view built by the code that mounts it
-// alone. Unlike a local folder, the views are built now, not on first access: the tree a remote
-// mount serves is fixed at mount (its objects are pinned), and a listing cannot be sniffed for
-// free: only objects whose names say checkpoint (checkpoint_name) are asked for their first bytes,
-// so a run's logs and configs cost no request. Folders are views when their own names say so
-// (sniff_dir_names), as for a local folder.
-Checkpoint folder_of_checkpoints(const std::shared_ptr<RemoteFileSet>& set, bool safetensors_views) {
-  struct Keep {
-    std::shared_ptr<RemoteFileSet> set;
-    std::vector<std::shared_ptr<void>> views;
-  };
-  auto keep = std::make_shared<Keep>();
-  keep->set = set;
-  Checkpoint cp;
-  cp.format = Format::Folder;
-  Tree& t = cp.tree;
-  for (const auto& rel : set->list()) {
-    // Object keys are any bytes: a key that is no relative path (`..`, `.`, empty components) or
-    // that a folder already has (`a` beside `a/b`) is left out with a warning.
-    bool bad = false;
-    for (size_t i = 0; i <= rel.size();) {
-      size_t j = std::min(rel.find('/', i), rel.size());
-      std::string_view comp(rel.data() + i, j - i);
-      if (comp.empty() || comp == "." || comp == "..") bad = true;
-      i = j + 1;
-    }
-    if (bad) {
-      cp.warnings.push_back(rel + ": not shown (not a relative path)");
-      continue;
-    }
-    try {
-      size_t slash = rel.rfind('/');
-      NodeId parent = slash == std::string::npos ? Tree::kRoot : t.mkdirs(std::string_view(rel).substr(0, slash));
-      std::string leaf = slash == std::string::npos ? rel : rel.substr(slash + 1);
-      if (t.lookup(parent, leaf)) throw FormatError("folder", "a folder of that name exists");
-      t.add_file(parent, leaf, set->open(rel));
-    } catch (const FormatError&) {
-      cp.warnings.push_back(rel + ": not shown (a file and a folder of the same name)");
-    }
-  }
-  // Views, in tree order; collected first (grafting adds nodes).
-  std::vector<NodeId> candidates;
-  t.walk([&](NodeId id, const Node& n) {
-    if (id == Tree::kRoot) return;
-    if (n.type == NodeType::File) {
-      if (checkpoint_name(n.name) && n.data->size() > 0) candidates.push_back(id);
-      return;
-    }
-    std::vector<std::string> names;
-    for (const auto& [cname, cid] : n.children)
-      if (t.node(cid).type == NodeType::File) names.push_back(cname);
-    if (sniff_dir_names(names) != Format::Unknown) candidates.push_back(id);
-  });
-  // Built in parallel (each view's requests are independent: a run's folder of N checkpoints
-  // costs about N / connections round trips of index requests, not N), grafted in tree order.
-  struct Job {
-    NodeId id;
-    std::string path;
-    SourcePtr data;  // a file candidate; null for a folder
-    bool skip = false;
-    Checkpoint v;
-    std::string error;          // a view left out, why
-    std::exception_ptr fatal;   // the server failed us, or memory ran out: the mount fails
-  };
-  std::vector<Job> jobs;
-  for (NodeId id : candidates) {
-    const Node& n = t.node(id);
-    Job j;
-    j.id = id;
-    j.path = t.path_of(id);
-    if (n.type == NodeType::File) j.data = n.data;
-    jobs.push_back(std::move(j));
-  }
-  auto build = [&](Job& j) {
-    try {
-      if (j.data) {
-        if (sniff(*j.data) == Format::Unknown) {  // named like one, but is not
-          j.skip = true;
-          return;
-        }
-        j.v = open_checkpoint_source(j.data);
-      } else {
-        j.v = open_checkpoint_files(SubFileSet(set, j.path + "/"));
-      }
-      if (safetensors_views)
-        add_safetensors_views(j.v.tree, j.v.format == Format::Tar || j.v.format == Format::GzipTar, j.v.warnings);
-    } catch (const std::bad_alloc&) {
-      j.fatal = std::current_exception();
-    } catch (const SysError&) {
-      j.fatal = std::current_exception();  // a request failed (not the file): as for a single object
-    } catch (const std::exception& e) {
-      j.error = e.what();
-    }
-  };
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < jobs.size();) build(jobs[i]);
-  };
-  std::vector<std::thread> workers;
-  const size_t nthreads = std::min<size_t>(jobs.size(), std::max(1u, options().connections));
-  try {
-    for (size_t i = 1; i < nthreads; ++i) workers.emplace_back(work);
-  } catch (const std::system_error&) {
-    // Fewer threads: the ones running and this one share the work.
-  }
-  work();
-  for (auto& w : workers) w.join();
-  for (auto& j : jobs) {
-    if (j.fatal) std::rethrow_exception(j.fatal);
-    if (j.skip) continue;
-    if (!j.error.empty()) {
-      cp.warnings.push_back(j.path + ": no .tensors view: " + j.error);
-      continue;
-    }
-    const Node& n = t.node(j.id);
-    const NodeId parent = n.parent;
-    const std::string view_name = n.name + ".tensors";
-    if (t.lookup(parent, view_name)) {
-      cp.warnings.push_back(j.path + ": no .tensors view: an entry named '" + view_name + "' already exists");
-      continue;
-    }
-    for (const auto& w : j.v.warnings) cp.warnings.push_back(j.path + ": " + w);
-    t.graft(parent, view_name, j.v.tree);
-    if (j.v.keepalive) keep->views.push_back(std::move(j.v.keepalive));
-    j.v = Checkpoint{};  // the tree is copied in: its own copy goes now
-  }
-  cp.keepalive = keep;
-  return cp;
-}
-
 Checkpoint from_files(const std::string& display, std::map<std::string, ObjectRef> files, bool safetensors_views) {
   if (files.empty()) throw SysError(ENOENT, display + ": no objects there");
   auto set = std::make_shared<RemoteFileSet>(display, std::move(files));
-  if (sniff_dir(*set) == Format::Unknown) return folder_of_checkpoints(set, safetensors_views);
+  // Neither a DCP nor a Hugging Face folder: a folder of checkpoints (formats/detect/folder.h).
+  if (sniff_dir(*set) == Format::Unknown) return open_folder_files(set, safetensors_views, options().connections);
   Checkpoint cp = open_checkpoint_files(*set);
   cp.keepalive = set;
   return cp;
