@@ -15,29 +15,13 @@
 #include "formats/detect/checkpoint.h"
 #include "formats/detect/folder.h"
 #include "tests/common/manifest_check.h"
+#include "tests/common/mem_file_set.h"
 
 namespace nemofs {
 namespace {
 
 using testing::data_path;
-
-class MemFileSet final : public FileSet {
- public:
-  std::map<std::string, SourcePtr> files;
-  mutable int opened = 0;
-  std::vector<std::string> list() const override {
-    std::vector<std::string> out;
-    for (const auto& [k, v] : files) out.push_back(k);
-    return out;
-  }
-  SourcePtr open(const std::string& rel) const override {
-    auto it = files.find(rel);
-    if (it == files.end()) return nullptr;
-    ++opened;
-    return it->second;
-  }
-  std::string describe() const override { return "mem://run/"; }
-};
+using testing::MemFileSet;
 
 // Counts reads: which objects were looked into.
 class CountingSource final : public ByteSource {
@@ -97,15 +81,15 @@ std::map<std::string, std::string> listing(const Tree& t, NodeId from = Tree::kR
 
 std::shared_ptr<MemFileSet> run_folder() {
   auto set = std::make_shared<MemFileSet>();
-  set->files["tiny.ckpt"] = fixture("lightning/tiny.ckpt");
-  set->files["zoo.pt"] = fixture("torch/zoo.pt");
-  set->files["zoo.safetensors"] = fixture("safetensors/zoo.safetensors");
-  set->files["asr_ctc.nemo"] = fixture("nemo/asr_ctc.nemo");
-  set->files["step=1000/weights/.metadata"] = fixture("dcp/single/.metadata");
-  set->files["step=1000/weights/__0_0.distcp"] = fixture("dcp/single/__0_0.distcp");
-  set->files["step=1000/context/model.yaml"] = std::make_shared<MemorySource>("model:\n  hidden_size: 8\n");
-  set->files["notes.pt"] = std::make_shared<MemorySource>("named like a torch file, but text\n");
-  set->files["broken.ckpt"] = std::make_shared<MemorySource>(std::string("PK\x03\x04", 4) + std::string(200, '\0'));
+  set->sources["tiny.ckpt"] = fixture("lightning/tiny.ckpt");
+  set->sources["zoo.pt"] = fixture("torch/zoo.pt");
+  set->sources["zoo.safetensors"] = fixture("safetensors/zoo.safetensors");
+  set->sources["asr_ctc.nemo"] = fixture("nemo/asr_ctc.nemo");
+  set->sources["step=1000/weights/.metadata"] = fixture("dcp/single/.metadata");
+  set->sources["step=1000/weights/__0_0.distcp"] = fixture("dcp/single/__0_0.distcp");
+  set->sources["step=1000/context/model.yaml"] = std::make_shared<MemorySource>("model:\n  hidden_size: 8\n");
+  set->sources["notes.pt"] = std::make_shared<MemorySource>("named like a torch file, but text\n");
+  set->sources["broken.ckpt"] = std::make_shared<MemorySource>(std::string("PK\x03\x04", 4) + std::string(200, '\0'));
   return set;
 }
 
@@ -115,7 +99,7 @@ TEST(FolderFiles, EveryViewIsTheCheckpointAlone) {
   EXPECT_EQ(cp.format, Format::Folder);
   auto all = listing(cp.tree);
   // Every object is a file, byte for byte.
-  for (const auto& [rel, src] : set->files) {
+  for (const auto& [rel, src] : set->sources) {
     ASSERT_TRUE(all.count(rel)) << rel;
     EXPECT_EQ(all[rel].substr(0, 5), "file ") << rel;
   }
@@ -151,9 +135,9 @@ TEST(FolderFiles, OnlyCheckpointNamesAreRead) {
   auto log = std::make_shared<CountingSource>(slurp("torch/zoo.pt"));  // a torch file, named as a log
   auto yaml = std::make_shared<CountingSource>("a: 1\n");
   auto ckpt = std::make_shared<CountingSource>(slurp("torch/zoo.pt"));
-  set->files["events.out"] = log;
-  set->files["cfg/model.yaml"] = yaml;
-  set->files["last.ckpt"] = ckpt;
+  set->sources["events.out"] = log;
+  set->sources["cfg/model.yaml"] = yaml;
+  set->sources["last.ckpt"] = ckpt;
   Checkpoint cp = open_folder_files(set, false, 2);
   EXPECT_EQ(log->reads.load(), 0);
   EXPECT_EQ(yaml->reads.load(), 0);
@@ -167,7 +151,7 @@ TEST(FolderFiles, OnlyCheckpointNamesAreRead) {
 TEST(FolderFiles, HostileKeysAreLeftOutWithAWarning) {
   auto set = std::make_shared<MemFileSet>();
   for (const char* k : {"../escape.pt", "a/../../b", "./x", "a//b", "trailing/", "ok.txt", "dir", "dir/inner.txt"})
-    set->files[k] = std::make_shared<MemorySource>("x");
+    set->sources[k] = std::make_shared<MemorySource>("x");
   Checkpoint cp = open_folder_files(set, false, 2);
   auto all = listing(cp.tree);
   // Keys come sorted: "dir" (a file) is added before "dir/inner.txt", which would need a folder of
@@ -183,7 +167,7 @@ TEST(FolderFiles, HostileKeysAreLeftOutWithAWarning) {
 
 TEST(FolderFiles, AFailingSourceFailsTheWhole) {
   auto set = run_folder();
-  set->files["zz.ckpt"] = std::make_shared<FailingSource>();
+  set->sources["zz.ckpt"] = std::make_shared<FailingSource>();
   EXPECT_THROW(open_folder_files(set, false, 4), SysError);
   EXPECT_THROW(open_folder_files(set, false, 1), SysError);
 }

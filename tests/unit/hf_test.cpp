@@ -10,27 +10,13 @@
 #include "formats/hf/hf.h"
 #include "formats/nemo/nemo.h"
 #include "tests/common/manifest_check.h"
+#include "tests/common/mem_file_set.h"
 #include "tests/common/tar_writer.h"
 
 using namespace nemofs;
 using namespace nemofs::testing;
 
 namespace {
-
-class MemFileSet final : public FileSet {
- public:
-  std::map<std::string, std::string> files;
-  std::vector<std::string> list() const override {
-    std::vector<std::string> out;
-    for (const auto& [k, v] : files) out.push_back(k);
-    return out;
-  }
-  SourcePtr open(const std::string& rel) const override {
-    auto it = files.find(rel);
-    return it == files.end() ? nullptr : std::make_shared<MemorySource>(it->second, rel);
-  }
-  std::string describe() const override { return "<memory folder>"; }
-};
 
 std::string shard(const std::vector<std::pair<std::string, std::string>>& tensors, const std::string& meta = R"({"format":"pt"})") {
   // U8 tensors, 1-D, contents = the given bytes.
