@@ -15,6 +15,7 @@
 
 #include "formats/core/errors.h"
 #include "formats/core/io.h"
+#include "formats/nemo/nemo.h"
 #include "formats/safetensors/safetensors_writer.h"
 #include "formats/tar/tar.h"
 
@@ -153,30 +154,6 @@ bool is_plain_folder(const std::string& path) {
   }
 }
 
-namespace {
-
-// The files of a folder below a set (a DCP or Hugging Face checkpoint inside a folder of
-// checkpoints), opened through the outer set so a file and its view share one source.
-class SubFileSet final : public FileSet {
- public:
-  SubFileSet(std::shared_ptr<const FileSet> outer, std::string prefix)
-      : outer_(std::move(outer)), prefix_(std::move(prefix)) {}
-  std::vector<std::string> list() const override {
-    std::vector<std::string> out;
-    for (const auto& rel : outer_->list())
-      if (rel.size() > prefix_.size() && rel.compare(0, prefix_.size(), prefix_) == 0) out.push_back(rel.substr(prefix_.size()));
-    return out;
-  }
-  SourcePtr open(const std::string& rel) const override { return outer_->open(prefix_ + rel); }
-  std::string describe() const override { return outer_->describe() + prefix_; }
-
- private:
-  std::shared_ptr<const FileSet> outer_;
-  std::string prefix_;  // "a/b/"
-};
-
-}  // namespace
-
 bool checkpoint_object_name(std::string_view name) {
   for (std::string_view ext : {".nemo", ".ckpt", ".pt", ".pth", ".bin", ".safetensors"})
     if (name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0) return true;
@@ -221,14 +198,8 @@ Checkpoint open_folder_files(const std::shared_ptr<const FileSet>& set, bool saf
   std::vector<NodeId> candidates;
   t.walk([&](NodeId id, const Node& n) {
     if (id == Tree::kRoot) return;
-    if (n.type == NodeType::File) {
-      if (checkpoint_object_name(n.name) && n.data->size() > 0) candidates.push_back(id);
-      return;
-    }
-    std::vector<std::string> names;
-    for (const auto& [cname, cid] : n.children)
-      if (t.node(cid).type == NodeType::File) names.push_back(cname);
-    if (sniff_dir_names(names) != Format::Unknown) candidates.push_back(id);
+    if (n.type == NodeType::File ? checkpoint_object_name(n.name) && n.data->size() > 0 : names_checkpoint_folder(t, id))
+      candidates.push_back(id);
   });
   // Built in parallel (each view's requests are independent: a run's folder of N checkpoints
   // costs about N / connections round trips of index requests, not N), grafted in tree order.
@@ -259,7 +230,7 @@ Checkpoint open_folder_files(const std::shared_ptr<const FileSet>& set, bool saf
         }
         j.v = open_checkpoint_source(j.data);
       } else {
-        j.v = open_checkpoint_files(SubFileSet(set, j.path + "/"));
+        j.v = open_checkpoint_files(TreeFileSet(t, j.id));  // the tree is not changed until every job is done
       }
       if (safetensors_views)
         add_safetensors_views(j.v.tree, j.v.format == Format::Tar || j.v.format == Format::GzipTar, j.v.warnings);
@@ -291,15 +262,8 @@ Checkpoint open_folder_files(const std::shared_ptr<const FileSet>& set, bool saf
       cp.warnings.push_back(j.path + ": no .tensors view: " + j.error);
       continue;
     }
-    const Node& n = t.node(j.id);
-    const NodeId parent = n.parent;
-    const std::string view_name = n.name + ".tensors";
-    if (t.lookup(parent, view_name)) {
-      cp.warnings.push_back(j.path + ": no .tensors view: an entry named '" + view_name + "' already exists");
-      continue;
-    }
+    if (!graft_view(t, j.id, j.v.tree, cp.warnings, "an entry")) continue;
     for (const auto& w : j.v.warnings) cp.warnings.push_back(j.path + ": " + w);
-    t.graft(parent, view_name, j.v.tree);
     if (j.v.keepalive) keep->views.push_back(std::move(j.v.keepalive));
     j.v = Checkpoint{};  // the tree is copied in: its own copy goes now
   }

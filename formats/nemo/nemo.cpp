@@ -2,6 +2,7 @@
 
 #include "formats/core/errors.h"
 #include "formats/detect/checkpoint.h"
+#include "formats/detect/folder.h"
 
 namespace nemofs {
 
@@ -20,39 +21,47 @@ std::string normalize_member_name(const std::string& raw, uint64_t at) {
   return out;
 }
 
-namespace {
+std::vector<std::string> TreeFileSet::list() const {
+  std::vector<std::string> out;
+  std::string base = tree_.path_of(dir_);
+  tree_.walk(
+      [&](NodeId id, const Node& n) {
+        if (n.type == NodeType::File) {
+          std::string p = tree_.path_of(id);
+          out.push_back(base.empty() ? p : p.substr(base.size() + 1));
+        }
+      },
+      dir_);
+  return out;
+}
 
-// The files of one folder of the tree, for nested_dir_view (e.g. model_weights/ in a .nemo).
-class TreeFileSet final : public FileSet {
- public:
-  TreeFileSet(const Tree& tree, NodeId dir) : tree_(tree), dir_(dir) {}
-  std::vector<std::string> list() const override {
-    std::vector<std::string> out;
-    std::string base = tree_.path_of(dir_);
-    tree_.walk(
-        [&](NodeId id, const Node& n) {
-          if (n.type == NodeType::File) {
-            std::string p = tree_.path_of(id);
-            out.push_back(base.empty() ? p : p.substr(base.size() + 1));
-          }
-        },
-        dir_);
-    return out;
+SourcePtr TreeFileSet::open(const std::string& rel) const {
+  std::string base = tree_.path_of(dir_);
+  auto id = tree_.resolve(base.empty() ? rel : base + "/" + rel);
+  if (!id || tree_.node(*id).type != NodeType::File) return nullptr;
+  return tree_.node(*id).data;
+}
+
+std::string TreeFileSet::describe() const { return tree_.path_of(dir_) + "/"; }
+
+bool names_checkpoint_folder(const Tree& tree, NodeId dir) {
+  std::vector<std::string> names;
+  for (const auto& [cname, cid] : tree.node(dir).children)
+    if (tree.node(cid).type == NodeType::File) names.push_back(cname);
+  return sniff_dir_names(names) != Format::Unknown;
+}
+
+bool graft_view(Tree& tree, NodeId of, const Tree& view, std::vector<std::string>& warnings, const char* entry) {
+  const Node& n = tree.node(of);
+  const NodeId parent = n.parent;
+  const std::string view_name = n.name + kViewSuffix;
+  if (tree.lookup(parent, view_name)) {
+    warnings.push_back(tree.path_of(of) + ": no .tensors view: " + entry + " named '" + view_name + "' already exists");
+    return false;
   }
-  SourcePtr open(const std::string& rel) const override {
-    std::string base = tree_.path_of(dir_);
-    auto id = tree_.resolve(base.empty() ? rel : base + "/" + rel);
-    if (!id || tree_.node(*id).type != NodeType::File) return nullptr;
-    return tree_.node(*id).data;
-  }
-  std::string describe() const override { return tree_.path_of(dir_) + "/"; }
-
- private:
-  const Tree& tree_;
-  NodeId dir_;
-};
-
-}  // namespace
+  tree.graft(parent, view_name, view);
+  return true;
+}
 
 void add_checkpoint_views(Tree& tree, std::vector<std::string>& warnings) {
   // Collect first: grafting adds nodes while we iterate.
@@ -62,9 +71,6 @@ void add_checkpoint_views(Tree& tree, std::vector<std::string>& warnings) {
   });
   for (NodeId id : candidates) {
     const Node& n = tree.node(id);
-    std::string path = tree.path_of(id);
-    NodeId parent = n.parent;
-    std::string view_name = n.name + ".tensors";
     std::optional<Tree> view;
     try {
       if (n.type == NodeType::File) {
@@ -73,23 +79,14 @@ void add_checkpoint_views(Tree& tree, std::vector<std::string>& warnings) {
       } else {
         // Only folders whose own entries mark a checkpoint are candidates; testing the names first
         // keeps indexing linear for archives with thousands of folders.
-        std::vector<std::string> names;
-        for (const auto& [cname, cid] : n.children)
-          if (tree.node(cid).type == NodeType::File) names.push_back(cname);
-        if (sniff_dir_names(names) == Format::Unknown) continue;
-        TreeFileSet files(tree, id);
-        view = nested_dir_view(files);
+        if (!names_checkpoint_folder(tree, id)) continue;
+        view = nested_dir_view(TreeFileSet(tree, id));
       }
     } catch (const std::exception& e) {
-      warnings.push_back(path + ": no .tensors view: " + e.what());
+      warnings.push_back(tree.path_of(id) + ": no .tensors view: " + e.what());
       continue;
     }
-    if (!view) continue;
-    if (tree.lookup(parent, view_name)) {
-      warnings.push_back(path + ": no .tensors view: a member named '" + view_name + "' already exists");
-      continue;
-    }
-    tree.graft(parent, view_name, *view);
+    if (view) graft_view(tree, id, *view, warnings, "a member");
   }
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "formats/core/tree.h"
+#include "formats/detect/checkpoint.h"
 #include "formats/tar/tar.h"
 
 namespace nemofs {
@@ -53,7 +54,29 @@ std::string normalize_member_name(const std::string& raw, uint64_t at);
 NemoArchive build_nemo(Tree& tree, const SourcePtr& archive, bool keep_index = true);
 
 // Adds the `<member>.tensors/` views for every file or folder of `tree` that is a checkpoint.
-// `files_under(dir_path)` lists the file set of a folder. Failures become warnings.
+// Failures become warnings.
 void add_checkpoint_views(Tree& tree, std::vector<std::string>& warnings);
+
+// What the views of a tree are made of, shared with the folders of checkpoints built from a set of
+// objects (formats/detect/folder.h: open_folder_files).
+// The files below folder `dir` of `tree`, as a FileSet (nested_dir_view, open_checkpoint_files);
+// it reads the tree, which must outlive it and not change meanwhile.
+class TreeFileSet final : public FileSet {
+ public:
+  TreeFileSet(const Tree& tree, NodeId dir) : tree_(tree), dir_(dir) {}
+  std::vector<std::string> list() const override;
+  SourcePtr open(const std::string& rel) const override;
+  std::string describe() const override;
+
+ private:
+  const Tree& tree_;
+  NodeId dir_;
+};
+// Whether folder `dir` of `tree` holds a DCP or Hugging Face checkpoint by the names of the files
+// directly in it (sniff_dir_names): the folders that get a view.
+bool names_checkpoint_folder(const Tree& tree, NodeId dir);
+// Grafts `view` as `<name>.tensors` beside node `of`. When an entry of that name exists, adds the
+// warning "`path`: no .tensors view: `entry` named '...' already exists" instead and returns false.
+bool graft_view(Tree& tree, NodeId of, const Tree& view, std::vector<std::string>& warnings, const char* entry);
 
 }  // namespace nemofs
